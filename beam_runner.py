@@ -1,0 +1,117 @@
+"""Entry point: crawl URL-caption lists into WebDataset shards on any Beam runner.
+
+    python beam_runner.py --input 'lists/*.parquet' --output out/ [options] [Beam options]
+
+Known options are parsed here; everything else (--runner, --direct_num_workers, Dataflow's
+--project/--region/--temp_location, ...) goes to Beam's PipelineOptions, as in Beam's examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from filters.image_size import ImageSizeConfig
+from manifests.readers import FORMATS, InputSpec
+from pipeline.crawl import CrawlConfig
+from pipeline.fetch import USER_AGENT, FetchPolicy
+from pipeline.graph import PipelineConfig, build
+from pipeline.imaging import RESIZE_MODES, ImageConfig
+
+ALL_ADDRESSES = ("0.0.0.0/0", "::/0")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    io_group = parser.add_argument_group("input and output")
+    io_group.add_argument("--input", required=True, help="path, glob or comma-separated list")
+    io_group.add_argument("--output", required=True, help="output folder (local, gs://, s3://)")
+    io_group.add_argument("--input-format", choices=FORMATS, help="default: from extension")
+    io_group.add_argument("--url-col", default="url")
+    io_group.add_argument("--caption-col", default="caption")
+    io_group.add_argument("--samples-per-shard", type=int, default=10_000)
+
+    image = parser.add_argument_group("images")
+    image.add_argument("--image-size", type=int, default=256)
+    image.add_argument("--resize-mode", choices=RESIZE_MODES, default="center_crop")
+    image.add_argument("--encode-quality", type=int, default=95, help="JPEG quality")
+    image.add_argument("--min-image-size", type=int, default=0, help="shorter side, px")
+    image.add_argument("--max-aspect-ratio", type=float, default=0.0, help="0: no limit")
+    image.add_argument("--max-pixels", type=int, default=100_000_000, help="bomb guard")
+
+    net = parser.add_argument_group("downloading")
+    net.add_argument("--timeout", type=float, default=10.0, help="connect/read timeout, s")
+    net.add_argument("--deadline", type=float, default=60.0, help="whole fetch per URL, s")
+    net.add_argument("--retries", type=int, default=2)
+    net.add_argument("--threads", type=int, default=32, help="downloads per worker process")
+    net.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024)
+    net.add_argument("--per-host-connections", type=int, default=2)
+    net.add_argument("--user-agent", default=USER_AGENT)
+    net.add_argument(
+        "--ignore-opt-out-headers",
+        action="store_true",
+        help="do not honour X-Robots-Tag noai/noimageai/noindex/noimageindex (own corpora only)",
+    )
+    net.add_argument(
+        "--allow-private-addresses",
+        action="store_true",
+        help="allow loopback and private addresses (local corpora and tests); off by default",
+    )
+    net.add_argument(
+        "--allowed-networks",
+        default="",
+        help="comma-separated CIDRs allowed although not public, e.g. 127.0.0.0/8",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    fetch = FetchPolicy(
+        timeout=args.timeout,
+        deadline=args.deadline,
+        retries=args.retries,
+        max_bytes=args.max_bytes,
+        per_host_connections=args.per_host_connections,
+        user_agent=args.user_agent,
+        honor_opt_out=not args.ignore_opt_out_headers,
+        allowed_networks=ALL_ADDRESSES
+        if args.allow_private_addresses
+        else tuple(c.strip() for c in args.allowed_networks.split(",") if c.strip()),
+    )
+    image = ImageConfig(
+        image_size=args.image_size,
+        resize_mode=args.resize_mode,
+        quality=args.encode_quality,
+        max_pixels=args.max_pixels,
+    )
+    sizes = ImageSizeConfig(args.min_image_size, args.max_aspect_ratio)
+    return PipelineConfig(
+        input=args.input,
+        output=args.output,
+        spec=InputSpec(args.input_format, args.url_col, args.caption_col),
+        crawl=CrawlConfig(fetch=fetch, image=image, size_filter=sizes, threads=args.threads),
+        samples_per_shard=args.samples_per_shard,
+    )
+
+
+def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
+    """Parse `argv`, build the graph and run it to completion."""
+    args, beam_args = make_parser().parse_known_args(argv)
+    config = config_from_args(args)
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = False
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()

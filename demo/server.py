@@ -1,0 +1,163 @@
+"""A loopback HTTP server for corpora and for the faults a crawler must survive.
+
+Used by the demo (the embedded default corpus), the tests and the benchmarks. It listens on
+127.0.0.1 at a free port, serves images from memory and, on the routes below, misbehaves on
+purpose. Nothing here ever contacts another host: redirects to private addresses are only
+*announced* in a Location header, and the crawler must refuse them before connecting.
+
+Routes (NAME is an image's name, N a count, ID any token naming a retry counter):
+  /img/NAME                      the image
+  /status/CODE                   an empty response with that status
+  /flaky/ID/N/NAME               503 for the first N requests of ID, then the image
+  /retry-after/ID/N/NAME         429 with Retry-After: 1 for the first N requests, then the image
+  /slow/SECONDS/NAME             waits, then the image
+  /truncated/NAME                a Content-Length larger than the body it sends
+  /html                          a text/html page
+  /huge                          an endless image/jpeg body with no Content-Length
+  /robots-tag/DIRECTIVE/NAME     the image with `X-Robots-Tag: DIRECTIVE`
+  /redirect?to=URL               302 to URL
+  /redirect-loop                 302 to itself
+  /redirect-chain/N/NAME         N redirects, then the image
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+
+
+class CorpusServer:
+    """Serve `images` (name -> bytes) on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, images: dict[str, bytes] | None = None):
+        self.images: dict[str, bytes] = dict(images or {})
+        self.hits: Counter = Counter()
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def count(self, counter_id: str) -> int:
+        """Increment and return how often `counter_id` was requested."""
+        with self._lock:
+            self.hits[counter_id] += 1
+            return self.hits[counter_id]
+
+    def start(self) -> CorpusServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> CorpusServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _make_handler(server: CorpusServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # keep test and demo output clean
+            pass
+
+        def do_GET(self) -> None:
+            try:
+                _route(self, server)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    return Handler
+
+
+def _send(handler, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _send_image(handler, server: CorpusServer, name: str, headers: dict | None = None) -> None:
+    data = server.images.get(name)
+    if data is None:
+        _send(handler, 404)
+        return
+    kind = _TYPES.get(name.rsplit(".", 1)[-1].lower(), "application/octet-stream")
+    _send(handler, 200, data, {"Content-Type": kind, **(headers or {})})
+
+
+def _route(handler: BaseHTTPRequestHandler, server: CorpusServer) -> None:
+    url = urlsplit(handler.path)
+    parts = url.path.strip("/").split("/")
+    route, args = parts[0], parts[1:]
+    if route == "img":
+        _send_image(handler, server, "/".join(args))
+    elif route == "status":
+        _send(handler, int(args[0]))
+    elif route in ("flaky", "retry-after"):
+        counter_id, failures, name = args[0], int(args[1]), "/".join(args[2:])
+        if server.count(f"{route}/{counter_id}") <= failures:
+            headers = {"Retry-After": "1"} if route == "retry-after" else {}
+            _send(handler, 429 if route == "retry-after" else 503, b"", headers)
+        else:
+            _send_image(handler, server, name)
+    elif route == "slow":
+        time.sleep(float(args[0]))
+        _send_image(handler, server, "/".join(args[1:]))
+    elif route == "truncated":
+        data = server.images["/".join(args)]
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Content-Length", str(len(data) * 2))
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.close_connection = True
+    elif route == "html":
+        _send(
+            handler, 200, b"<html><body>Not an image</body></html>", {"Content-Type": "text/html"}
+        )
+    elif route == "huge":
+        _stream_forever(handler)
+    elif route == "robots-tag":
+        _send_image(handler, server, "/".join(args[1:]), {"X-Robots-Tag": args[0]})
+    elif route == "redirect":
+        _send(handler, 302, b"", {"Location": parse_qs(url.query)["to"][0]})
+    elif route == "redirect-loop":
+        _send(handler, 302, b"", {"Location": "/redirect-loop"})
+    elif route == "redirect-chain":
+        hops, name = int(args[0]), "/".join(args[1:])
+        target = f"/redirect-chain/{hops - 1}/{name}" if hops > 1 else f"/img/{name}"
+        _send(handler, 302, b"", {"Location": target})
+    else:
+        _send(handler, 404)
+
+
+def _stream_forever(handler) -> None:
+    """An image body that never ends; the client must stop at its size cap."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/jpeg")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+    chunk = b"\xff" * 65536
+    for _ in range(100_000):  # bounded: 6.5 GB at most, far past any cap
+        handler.wfile.write(chunk)

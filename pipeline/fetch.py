@@ -1,0 +1,235 @@
+"""Download one URL politely and safely: `Fetcher.fetch(url) -> bytes`, or FetchError(kind).
+
+Connections go to the address `netguard` checked (every redirect hop too), through urllib3
+pools shared by the worker's threads; a pool per host with `block=True` caps the connections
+one host gets. Retries back off exponentially on timeouts, connection errors, 429 and 5xx, and
+honour Retry-After; 4xx is final. The body is streamed and stopped at the size cap, and one
+deadline bounds the whole fetch, retries and slow drips included.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import (
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+from pipeline.netguard import (
+    Resolver,
+    Target,
+    UrlRefused,
+    parse_networks,
+    resolve_target,
+    system_resolver,
+)
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "openwit/0.1 (CLIP corpus builder; +https://github.com/openwit/openwit)"
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
+_REDIRECTS = (301, 302, 303, 307, 308)
+_NON_IMAGE_TYPE = re.compile(r"^(text/|application/(json|xml|xhtml|javascript|pdf))", re.I)
+_CHUNK = 64 * 1024
+
+
+class FetchError(Exception):
+    """A failed fetch; `kind` becomes the row's `error:<kind>` status."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """How to fetch: timeouts, retries, size cap, identity and the SSRF guard's exceptions."""
+
+    timeout: float = 10.0
+    deadline: float = 60.0
+    retries: int = 2
+    backoff: float = 0.5
+    max_retry_after: float = 30.0
+    max_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 5
+    per_host_connections: int = 2
+    user_agent: str = USER_AGENT
+    honor_opt_out: bool = True
+    allowed_networks: tuple[str, ...] = ()
+
+
+class _Retryable(Exception):
+    def __init__(self, kind: str, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.kind, self.wait = kind, wait
+
+
+class Fetcher:
+    """Thread-safe downloader; build one per worker (it holds the connection pools)."""
+
+    def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver):
+        self.policy = policy
+        self._resolver = resolver
+        self._allowed = parse_networks(policy.allowed_networks)
+        self._pools = urllib3.PoolManager(
+            num_pools=512, maxsize=policy.per_host_connections, block=True
+        )
+
+    def fetch(self, url: str) -> bytes:
+        """The body of `url` after redirects, or FetchError/UrlRefused with the failure's kind."""
+        deadline = time.monotonic() + self.policy.deadline
+        attempt = 0
+        while True:
+            try:
+                return self._follow_redirects(url, deadline)
+            except _Retryable as exc:
+                attempt += 1
+                wait = exc.wait if exc.wait is not None else self._backoff(attempt)
+                if attempt > self.policy.retries or time.monotonic() + wait >= deadline:
+                    raise FetchError(exc.kind, str(exc)) from None
+                log.debug("retrying %s in %.2fs after %s", url, wait, exc)
+                time.sleep(wait)
+
+    def close(self) -> None:
+        self._pools.clear()
+
+    def _backoff(self, attempt: int) -> float:
+        return self.policy.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+
+    def _follow_redirects(self, url: str, deadline: float) -> bytes:
+        seen = {url}
+        for _ in range(self.policy.max_redirects + 1):
+            target = resolve_target(url, self._resolver, self._allowed)
+            response = self._request(target, deadline)
+            try:
+                if response.status in _REDIRECTS and response.headers.get("Location"):
+                    url = urljoin(url, response.headers["Location"])
+                    if url in seen:
+                        raise FetchError("redirect_loop", f"redirect loop at {url}")
+                    seen.add(url)
+                    continue
+                self._check_response(response)
+                return self._read_body(response, deadline)
+            finally:
+                response.release_conn()
+        raise FetchError("too_many_redirects", f"more than {self.policy.max_redirects} redirects")
+
+    def _request(self, target: Target, deadline: float) -> urllib3.BaseHTTPResponse:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError("timeout", "deadline exceeded")
+        timeout = urllib3.Timeout(
+            connect=min(self.policy.timeout, remaining), read=min(self.policy.timeout, remaining)
+        )
+        pool = self._pools.connection_from_host(
+            target.address,
+            target.port,
+            target.scheme,
+            pool_kwargs={"server_hostname": target.host, "assert_hostname": target.host}
+            if target.scheme == "https"
+            else None,
+        )
+        headers = {"Host": target.host_header, "User-Agent": self.policy.user_agent}
+        try:
+            return pool.urlopen(
+                "GET",
+                target.path,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                timeout=timeout,
+                assert_same_host=False,
+                pool_timeout=max(remaining, 0.001),
+            )
+        except (ReadTimeoutError, Urllib3Timeout) as exc:
+            raise _Retryable("timeout", f"timed out: {exc}") from None
+        except (NewConnectionError, ProtocolError, MaxRetryError, Urllib3Error, OSError) as exc:
+            raise _Retryable("connection", f"connection failed: {exc}") from None
+
+    def _check_response(self, response: urllib3.BaseHTTPResponse) -> None:
+        status = response.status
+        if status == 429 or status >= 500:
+            wait = _retry_after(response.headers.get("Retry-After"), self.policy.max_retry_after)
+            raise _Retryable(f"http_{status}", f"HTTP {status}", wait)
+        if status != 200:
+            raise FetchError(f"http_{status}", f"HTTP {status}")
+        if self.policy.honor_opt_out:
+            directives = opt_out_directives(
+                response.headers.getlist("X-Robots-Tag"), self.policy.user_agent
+            )
+            if directives:
+                raise FetchError("opted_out", f"X-Robots-Tag: {','.join(sorted(directives))}")
+        content_type = response.headers.get("Content-Type", "")
+        if _NON_IMAGE_TYPE.match(content_type):
+            raise FetchError("not_image", f"Content-Type {content_type!r}")
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.policy.max_bytes:
+            raise FetchError("too_large", f"Content-Length {length} over {self.policy.max_bytes}")
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        chunks, size = [], 0
+        try:
+            while True:
+                chunk = response.read(_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.policy.max_bytes:
+                    raise FetchError("too_large", f"body over {self.policy.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise FetchError("timeout", "deadline exceeded while reading the body")
+                chunks.append(chunk)
+        except (ReadTimeoutError, Urllib3Timeout) as exc:
+            raise _Retryable("timeout", f"read timed out: {exc}") from None
+        except ProtocolError as exc:
+            kind = "truncated" if "IncompleteRead" in repr(exc) else "connection"
+            raise _Retryable(kind, f"body broken: {exc}") from None
+        return b"".join(chunks)
+
+
+def opt_out_directives(values: list[str], user_agent: str) -> set[str]:
+    """The opt-out directives among X-Robots-Tag values that apply to us.
+
+    A value may be scoped to one crawler (`otherbot: noindex`); it applies when the scope is
+    our product token or `*`. `unavailable_after: <date>` is a directive, not a scope.
+    """
+    product = user_agent.split("/", 1)[0].strip().lower()
+    found: set[str] = set()
+    for value in values:
+        scope, _, rest = value.partition(":")
+        scoped = bool(rest) and scope.strip().lower() not in ("unavailable_after",)
+        if scoped and scope.strip().lower() not in (product, "*"):
+            continue
+        directives = rest if scoped else value
+        found |= {d.strip().lower() for d in directives.split(",")} & OPT_OUT_DIRECTIVES
+    return found
+
+
+def _retry_after(value: str | None, cap: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), cap)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return min(max(when - time.time(), 0.0), cap)
+
+
+__all__ = ["FetchError", "FetchPolicy", "Fetcher", "UrlRefused", "opt_out_directives"]

@@ -1,0 +1,153 @@
+"""Shard stage: WebDataset tars of the kept pairs, a parquet manifest of every pair, stats.json.
+
+Each pair goes to bucket `hash(key) % n`, with n = ceil(kept / samples_per_shard) from a global
+count, so shard names and contents are deterministic and no two workers ever write the same
+file, whatever the runner or the order it processed elements in. A bucket writes
+`shards/NNNNN.tar` (its kept pairs, sorted by key) and `manifest/NNNNN.parquet` (all of its
+pairs, dropped ones included, with their status), both atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections import Counter
+from dataclasses import replace
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+from webdataset import TarWriter
+
+from manifests.io import join, write_atomic
+from manifests.schema import Pair, manifest_table
+
+# Fixed tar metadata, so a rerun writes byte-identical shards.
+_TAR_MTIME = 946684800.0  # 2000-01-01
+_TAR_OWNER = "openwit"
+
+
+def shard_count(kept: int, samples_per_shard: int) -> int:
+    return max(1, math.ceil(kept / samples_per_shard))
+
+
+def bucket_of(key: str, buckets: int) -> int:
+    """A stable bucket for `key`: a hash every Python process and runner agrees on."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
+def shard_name(bucket: int) -> str:
+    return f"{bucket:05d}"
+
+
+def tar_bytes(pairs: list[Pair]) -> bytes:
+    """A WebDataset tar of `pairs`: KEY.jpg, KEY.txt, KEY.json each, in the order given."""
+    out = io.BytesIO()
+    with TarWriter(out, user=_TAR_OWNER, group=_TAR_OWNER, mtime=_TAR_MTIME, encoder=False) as tar:
+        for pair in pairs:
+            tar.write(
+                {
+                    "__key__": pair.key,
+                    "jpg": pair.image,
+                    "txt": pair.caption.encode("utf-8"),
+                    "json": json.dumps(pair.sample_metadata(), sort_keys=True).encode("utf-8"),
+                }
+            )
+    return out.getvalue()
+
+
+def write_bucket(bucket: int, pairs: list[Pair], output: str) -> dict:
+    """Write one bucket's shard and manifest part; return its summary for stats.json."""
+    name = shard_name(bucket)
+    pairs = sorted(pairs, key=lambda p: p.key)
+    kept = [replace(p, shard=f"{name}.tar") for p in pairs if p.is_ok]
+    if kept:
+        write_atomic(join(output, "shards", f"{name}.tar"), tar_bytes(kept))
+    rows = [p for p in pairs if not p.is_ok] + kept
+    rows.sort(key=lambda p: p.key)
+    parquet = io.BytesIO()
+    pq.write_table(manifest_table(rows), parquet, compression="zstd")
+    write_atomic(join(output, "manifest", f"{name}.parquet"), parquet.getvalue())
+    return {
+        "shard": f"{name}.tar" if kept else None,
+        "samples": len(kept),
+        "rows": len(rows),
+        "status_counts": dict(Counter(p.status for p in rows)),
+    }
+
+
+class _WriteBucketFn(beam.DoFn):
+    def __init__(self, output: str):
+        self._output = output
+        self._samples = Metrics.counter("shard", "samples")
+        self._shards = Metrics.counter("shard", "shards")
+
+    def process(self, element):
+        bucket, pairs = element
+        summary = write_bucket(bucket, list(pairs), self._output)
+        self._samples.inc(summary["samples"])
+        self._shards.inc(1 if summary["shard"] else 0)
+        yield summary
+
+
+def merge_summaries(summaries) -> dict:
+    """Combine bucket summaries into the stats body (status counts, rows, shards)."""
+    counts: Counter = Counter()
+    shards, rows, samples = [], 0, 0
+    for summary in summaries:
+        counts.update(summary["status_counts"])
+        rows += summary["rows"]
+        samples += summary["samples"]
+        if summary["shard"]:
+            shards.append(summary["shard"])
+    return {
+        "manifest_rows": rows,
+        "samples": samples,
+        "shards": sorted(shards),
+        "status_counts": dict(sorted(counts.items())),
+    }
+
+
+def write_stats(merged: dict, input_rows: int, output: str, extra: dict) -> dict:
+    stats = {"input_rows": input_rows, **merged, **extra}
+    write_atomic(join(output, "stats.json"), json.dumps(stats, indent=2).encode("utf-8"))
+    return stats
+
+
+class WriteShards(beam.PTransform):
+    """Every pair in (kept and dropped); shards, manifest and stats.json out under `output`."""
+
+    def __init__(self, output: str, samples_per_shard: int, input_rows, extra_stats: dict):
+        super().__init__()
+        self._output = output
+        self._samples_per_shard = samples_per_shard
+        self._input_rows = input_rows
+        self._extra_stats = extra_stats
+
+    def expand(self, pairs):
+        kept = pairs | "Kept" >> beam.Filter(lambda p: p.is_ok) | beam.combiners.Count.Globally()
+        per_shard = self._samples_per_shard
+        summaries = (
+            pairs
+            | "Bucket"
+            >> beam.Map(
+                lambda p, n: (bucket_of(p.key, shard_count(n, per_shard)), p),
+                n=beam.pvalue.AsSingleton(kept),
+            )
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "WriteBuckets" >> beam.ParDo(_WriteBucketFn(self._output))
+        )
+        output, extra = self._output, self._extra_stats
+        return (
+            summaries
+            | "Collect" >> beam.combiners.ToList()
+            | "Merge" >> beam.Map(merge_summaries)
+            | "WriteStats"
+            >> beam.Map(
+                lambda merged, rows: write_stats(merged, rows, output, extra),
+                rows=beam.pvalue.AsSingleton(self._input_rows),
+            )
+        )
