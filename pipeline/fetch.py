@@ -43,6 +43,7 @@ OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NON_IMAGE_TYPE = re.compile(r"^(text/|application/(json|xml|xhtml|javascript|pdf))", re.I)
 _CHUNK = 64 * 1024
+_OBJECT_ADDRESS = re.compile(r"<[^<>]* (object )?at 0x[0-9a-fA-F]+>:?")
 
 
 class FetchError(Exception):
@@ -113,6 +114,7 @@ class Fetcher:
         for _ in range(self.policy.max_redirects + 1):
             target = resolve_target(url, self._resolver, self._allowed)
             response = self._request(target, deadline)
+            complete = False
             try:
                 if response.status in _REDIRECTS and response.headers.get("Location"):
                     url = urljoin(url, response.headers["Location"])
@@ -121,9 +123,11 @@ class Fetcher:
                     seen.add(url)
                     continue
                 self._check_response(response)
-                return self._read_body(response, deadline)
+                body = self._read_body(response, deadline)
+                complete = True
+                return body
             finally:
-                response.release_conn()
+                _release(response, complete)
         raise FetchError("too_many_redirects", f"more than {self.policy.max_redirects} redirects")
 
     def _request(self, target: Target, deadline: float) -> urllib3.BaseHTTPResponse:
@@ -154,10 +158,12 @@ class Fetcher:
                 assert_same_host=False,
                 pool_timeout=max(remaining, 0.001),
             )
-        except (ReadTimeoutError, Urllib3Timeout) as exc:
-            raise _Retryable("timeout", f"timed out: {exc}") from None
-        except (NewConnectionError, ProtocolError, MaxRetryError, Urllib3Error, OSError) as exc:
-            raise _Retryable("connection", f"connection failed: {exc}") from None
+        except NewConnectionError as exc:  # urllib3 files it under timeouts; it is a refusal
+            raise _Retryable("connection", f"connection failed: {_describe(exc)}") from None
+        except (ReadTimeoutError, Urllib3Timeout):
+            raise _Retryable("timeout", f"no response within {self.policy.timeout:g}s") from None
+        except (ProtocolError, MaxRetryError, Urllib3Error, OSError) as exc:
+            raise _Retryable("connection", f"connection failed: {_describe(exc)}") from None
 
     def _check_response(self, response: urllib3.BaseHTTPResponse) -> None:
         status = response.status
@@ -192,12 +198,29 @@ class Fetcher:
                 if time.monotonic() > deadline:
                     raise FetchError("timeout", "deadline exceeded while reading the body")
                 chunks.append(chunk)
-        except (ReadTimeoutError, Urllib3Timeout) as exc:
-            raise _Retryable("timeout", f"read timed out: {exc}") from None
+        except (ReadTimeoutError, Urllib3Timeout):
+            raise _Retryable("timeout", f"body stalled for {self.policy.timeout:g}s") from None
         except ProtocolError as exc:
             kind = "truncated" if "IncompleteRead" in repr(exc) else "connection"
-            raise _Retryable(kind, f"body broken: {exc}") from None
+            raise _Retryable(kind, f"body broken: {_describe(exc)}") from None
         return b"".join(chunks)
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's message without object addresses, so reruns write identical manifests."""
+    return _OBJECT_ADDRESS.sub("", str(exc)).strip(" :")
+
+
+def _release(response: urllib3.BaseHTTPResponse, complete: bool) -> None:
+    """Return the connection to its pool only when the response was read to its end; a
+    connection with an unread body left on it would corrupt the next request."""
+    if not complete:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) <= _CHUNK:
+            response.drain_conn()
+        else:
+            response.close()
+    response.release_conn()
 
 
 def opt_out_directives(values: list[str], user_agent: str) -> set[str]:

@@ -1,0 +1,102 @@
+"""The SSRF guard refuses every non-public address, judged once, on the address connected to."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from pipeline.netguard import UrlRefused, is_public, parse_networks, resolve_target, split_url
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",  # cloud metadata
+        "100.64.0.1",  # carrier-grade NAT
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",  # IPv4-mapped IPv6
+        "::ffff:10.0.0.1",
+    ],
+)
+def test_non_public_addresses_are_refused(address):
+    assert not is_public(ipaddress.ip_address(address))
+    with pytest.raises(UrlRefused) as caught:
+        resolve_target("http://innocent.example/x.jpg", lambda host, port: [address])
+    assert caught.value.kind == "private_address"
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1::1", "::ffff:8.8.8.8"])
+def test_public_addresses_pass_and_are_pinned(address):
+    target = resolve_target("https://Example.COM:8443/a/b.jpg?x=1", lambda h, p: [address])
+    assert target.address == str(ipaddress.ip_address(address))
+    assert (target.scheme, target.host, target.port, target.path) == (
+        "https",
+        "example.com",
+        8443,
+        "/a/b.jpg?x=1",
+    )
+    assert target.host_header == "example.com:8443"
+
+
+def test_allowed_networks_lift_the_guard_only_for_them():
+    allowed = parse_networks(["127.0.0.0/8"])
+    assert resolve_target("http://h/x", lambda h, p: ["127.0.0.2"], allowed).address == "127.0.0.2"
+    with pytest.raises(UrlRefused):
+        resolve_target("http://h/x", lambda h, p: ["10.0.0.1"], allowed)
+
+
+def test_mixed_answers_connect_to_the_public_address():
+    target = resolve_target("http://h/x", lambda h, p: ["10.0.0.1", "93.184.216.34"])
+    assert target.address == "93.184.216.34"
+
+
+def test_resolver_is_asked_once_per_target():
+    answers = iter([["93.184.216.34"], ["127.0.0.1"]])  # a rebinding DNS server
+    calls = []
+
+    def rebinding(host, port):
+        calls.append(host)
+        return next(answers)
+
+    target = resolve_target("http://rebind.example/x", rebinding)
+    assert target.address == "93.184.216.34" and calls == ["rebind.example"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/x.jpg",
+        "data:image/png;base64,AAAA",
+        "javascript:alert(1)",
+        "http://",
+        "http://exa mple.com/x.jpg",
+        "http://[::1/x.jpg",
+        "http://example.com:99999/x.jpg",
+        "example.com/no-scheme.jpg",
+    ],
+)
+def test_bad_urls_are_refused_before_any_lookup(url):
+    with pytest.raises(UrlRefused) as caught:
+        split_url(url)
+    assert caught.value.kind == "bad_url"
+
+
+def test_unresolvable_host():
+    def fail(host, port):
+        raise OSError("Name or service not known")
+
+    with pytest.raises(UrlRefused) as caught:
+        resolve_target("http://nx.invalid/x", fail)
+    assert caught.value.kind == "dns"
