@@ -35,6 +35,18 @@ def make_parser() -> argparse.ArgumentParser:
     io_group.add_argument("--url-col", default="url")
     io_group.add_argument("--caption-col", default="caption")
     io_group.add_argument("--samples-per-shard", type=int, default=10_000)
+    io_group.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="redo everything: ignore a finished output and the crawl cache of a killed run",
+    )
+    io_group.add_argument(
+        "--keep-crawl-cache", action="store_true", help="keep OUTPUT/_crawl_cache after success"
+    )
+    io_group.add_argument(
+        "--batch-rows", type=int, default=1000, help="input rows per crawl batch (resume unit)"
+    )
 
     image = parser.add_argument_group("images")
     image.add_argument("--image-size", type=int, default=256)
@@ -57,6 +69,13 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not honour X-Robots-Tag noai/noimageai/noindex/noimageindex (own corpora only)",
     )
+    net.add_argument("--per-host-delay", type=float, default=0.0, help="seconds between requests")
+    net.add_argument(
+        "--ignore-robots-txt",
+        action="store_true",
+        help="do not fetch or honour robots.txt (only for corpora you own)",
+    )
+    net.add_argument("--robots-timeout", type=float, default=5.0, help="robots.txt fetch, s")
     net.add_argument(
         "--allow-private-addresses",
         action="store_true",
@@ -79,6 +98,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         per_host_connections=args.per_host_connections,
         user_agent=args.user_agent,
         honor_opt_out=not args.ignore_opt_out_headers,
+        respect_robots_txt=not args.ignore_robots_txt,
+        robots_timeout=args.robots_timeout,
+        per_host_delay=args.per_host_delay,
         allowed_networks=ALL_ADDRESSES
         if args.allow_private_addresses
         else tuple(c.strip() for c in args.allowed_networks.split(",") if c.strip()),
@@ -94,19 +116,28 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         input=args.input,
         output=args.output,
         spec=InputSpec(args.input_format, args.url_col, args.caption_col),
-        crawl=CrawlConfig(fetch=fetch, image=image, size_filter=sizes, threads=args.threads),
+        crawl=CrawlConfig(
+            fetch=fetch,
+            image=image,
+            size_filter=sizes,
+            threads=args.threads,
+            batch_rows=args.batch_rows,
+        ),
         samples_per_shard=args.samples_per_shard,
+        resume=args.resume,
+        keep_crawl_cache=args.keep_crawl_cache,
     )
 
 
-def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
-    """Parse `argv`, build the graph and run it to completion."""
+def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult | None:
+    """Parse `argv`, build the graph and run it to completion (None: output already complete)."""
     args, beam_args = make_parser().parse_known_args(argv)
     config = config_from_args(args)
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = False
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, config)
+    if build(pipeline, config) is None:
+        return None
     result = pipeline.run()
     result.wait_until_finish()
     return result

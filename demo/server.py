@@ -22,10 +22,12 @@ Routes (NAME is an image's name, N a count, ID any token naming a retry counter)
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 _TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
@@ -56,6 +58,10 @@ class CorpusServer:
             self.hits[counter_id] += 1
             return self.hits[counter_id]
 
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until the process ends."""
+        self._httpd.serve_forever()
+
     def start(self) -> CorpusServer:
         self._thread.start()
         return self
@@ -74,6 +80,9 @@ class CorpusServer:
 def _make_handler(server: CorpusServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Buffer writes so headers and body leave in one segment: with unbuffered writes a
+        # keep-alive client waits out Nagle's algorithm and delayed ACKs (~40 ms a request).
+        wbufsize = 1 << 16
 
         def log_message(self, *args) -> None:  # keep test and demo output clean
             pass
@@ -161,3 +170,20 @@ def _stream_forever(handler) -> None:
     chunk = b"\xff" * 65536
     for _ in range(100_000):  # bounded: 6.5 GB at most, far past any cap
         handler.wfile.write(chunk)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve every file of a folder under /img/ until killed (for benchmarks in other processes)."""
+    parser = argparse.ArgumentParser(description="serve a folder of images on 127.0.0.1")
+    parser.add_argument("--folder", required=True)
+    parser.add_argument("--url-file", help="write the base URL here once listening")
+    args = parser.parse_args(argv)
+    images = {p.name: p.read_bytes() for p in Path(args.folder).iterdir() if p.is_file()}
+    server = CorpusServer(images)
+    if args.url_file:
+        Path(args.url_file).write_text(server.base_url)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
 """Download one URL politely and safely: `Fetcher.fetch(url) -> bytes`, or FetchError(kind).
 
+robots.txt is honoured per host (see `robots`), and `per_host_delay` spaces one host's requests.
 Connections go to the address `netguard` checked (every redirect hop too), through urllib3
 pools shared by the worker's threads; a pool per host with `block=True` caps the connections
 one host gets. Retries back off exponentially on timeouts, connection errors, 429 and 5xx, and
@@ -13,6 +14,7 @@ import email.utils
 import logging
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -35,6 +37,7 @@ from pipeline.netguard import (
     resolve_target,
     system_resolver,
 )
+from pipeline.robots import RobotsCache
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,9 @@ class FetchPolicy:
     per_host_connections: int = 2
     user_agent: str = USER_AGENT
     honor_opt_out: bool = True
+    respect_robots_txt: bool = True
+    robots_timeout: float = 5.0
+    per_host_delay: float = 0.0
     allowed_networks: tuple[str, ...] = ()
 
 
@@ -87,6 +93,13 @@ class Fetcher:
         self._pools = urllib3.PoolManager(
             num_pools=512, maxsize=policy.per_host_connections, block=True
         )
+        self._robots = (
+            RobotsCache(self._fetch_robots_text, _product(policy.user_agent))
+            if policy.respect_robots_txt
+            else None
+        )
+        self._next_turn: dict[str, float] = {}
+        self._turn_lock = threading.Lock()
 
     def fetch(self, url: str) -> bytes:
         """The body of `url` after redirects, or FetchError/UrlRefused with the failure's kind."""
@@ -109,10 +122,33 @@ class Fetcher:
     def _backoff(self, attempt: int) -> float:
         return self.policy.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
 
-    def _follow_redirects(self, url: str, deadline: float) -> bytes:
+    def _fetch_robots_text(self, url: str) -> str | None:
+        """A host's robots.txt as text, or None when it cannot be had (then all is allowed)."""
+        deadline = time.monotonic() + self.policy.robots_timeout
+        try:
+            body = self._follow_redirects(url, deadline, robots_file=True)
+        except (FetchError, UrlRefused, _Retryable):
+            return None
+        return body.decode("utf-8", "replace")
+
+    def _wait_turn(self, host: str) -> None:
+        """Space the requests this worker sends one host by `per_host_delay` seconds."""
+        if self.policy.per_host_delay <= 0:
+            return
+        with self._turn_lock:
+            now = time.monotonic()
+            turn = max(now, self._next_turn.get(host, 0.0))
+            self._next_turn[host] = turn + self.policy.per_host_delay
+        if turn > now:
+            time.sleep(turn - now)
+
+    def _follow_redirects(self, url: str, deadline: float, robots_file: bool = False) -> bytes:
         seen = {url}
         for _ in range(self.policy.max_redirects + 1):
             target = resolve_target(url, self._resolver, self._allowed)
+            if not robots_file and self._robots is not None and not self._robots.allowed(url):
+                raise FetchError("robots", f"robots.txt of {target.host} disallows {url}")
+            self._wait_turn(target.host)
             response = self._request(target, deadline)
             complete = False
             try:
@@ -122,7 +158,11 @@ class Fetcher:
                         raise FetchError("redirect_loop", f"redirect loop at {url}")
                     seen.add(url)
                     continue
-                self._check_response(response)
+                if robots_file:
+                    if response.status != 200:
+                        raise FetchError(f"http_{response.status}", "no robots.txt")
+                else:
+                    self._check_response(response)
                 body = self._read_body(response, deadline)
                 complete = True
                 return body
@@ -189,7 +229,7 @@ class Fetcher:
         chunks, size = [], 0
         try:
             while True:
-                chunk = response.read(_CHUNK)
+                chunk = response.read1(_CHUNK)  # what has arrived: a drip cannot hide the deadline
                 if not chunk:
                     break
                 size += len(chunk)
@@ -223,13 +263,18 @@ def _release(response: urllib3.BaseHTTPResponse, complete: bool) -> None:
     response.release_conn()
 
 
+def _product(user_agent: str) -> str:
+    """The product token of a user agent (`openwit` of `openwit/0.1 (...)`), lower-cased."""
+    return user_agent.split("/", 1)[0].strip().lower()
+
+
 def opt_out_directives(values: list[str], user_agent: str) -> set[str]:
     """The opt-out directives among X-Robots-Tag values that apply to us.
 
     A value may be scoped to one crawler (`otherbot: noindex`); it applies when the scope is
     our product token or `*`. `unavailable_after: <date>` is a directive, not a scope.
     """
-    product = user_agent.split("/", 1)[0].strip().lower()
+    product = _product(user_agent)
     found: set[str] = set()
     for value in values:
         scope, _, rest = value.partition(":")

@@ -1,17 +1,29 @@
-"""The pipeline graph: read -> crawl -> shard, every pair flowing to the manifest."""
+"""The pipeline graph: read -> crawl -> shard, every pair flowing to the manifest.
+
+Reruns resume: finished crawl batches are cached under `OUTPUT/_crawl_cache/<fingerprint>/`
+and reused; a run whose `stats.json` already carries the same fingerprint is complete and is
+skipped. Shards, manifest and stats are rewritten from scratch each run (they depend on
+global counts), and the cache is removed once they are written, unless asked to keep it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from dataclasses import dataclass, field
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
-from manifests.io import ensure_writable_dir, match_files
+from manifests.io import ensure_writable_dir, join, match_files, read_bytes
 from manifests.readers import InputSpec, check_columns
 from pipeline.crawl import Crawl, CrawlConfig
+from pipeline.crawl_cache import CrawlCache, fingerprint
 from pipeline.read import ReadPairs
 from pipeline.shard import WriteShards
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,17 +33,68 @@ class PipelineConfig:
     spec: InputSpec = field(default_factory=InputSpec)
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
     samples_per_shard: int = 10_000
+    resume: bool = True
+    keep_crawl_cache: bool = False
 
 
-def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection:
-    """Wire the stages onto `pipeline`; fails fast on missing inputs or an unwritable output."""
+def run_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
+    """Everything that determines the outputs (not how fast they are made)."""
+    settings = dataclasses.asdict(config)
+    settings["crawl"].pop("threads")
+    return fingerprint({"inputs": paths, **settings})
+
+
+def crawl_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
+    """Everything that determines crawl results, so a cached batch is never stale."""
+    crawl = dataclasses.asdict(config.crawl)
+    crawl.pop("threads")
+    return fingerprint({"inputs": paths, "spec": dataclasses.asdict(config.spec), "crawl": crawl})
+
+
+def is_complete(output: str, run_id: str) -> bool:
+    """True when `output` holds a finished run with fingerprint `run_id`."""
+    path = join(output, "stats.json")
+    if not FileSystems.exists(path):
+        return False
+    try:
+        return json.loads(read_bytes(path)).get("fingerprint") == run_id
+    except ValueError:
+        return False
+
+
+def _clear_outputs(output: str) -> None:
+    """Remove a previous run's shards, manifest and stats: this run writes all of them anew."""
+    stale = [join(output, name) for name in ("shards", "manifest", "stats.json")]
+    existing = [path for path in stale if FileSystems.exists(path)]
+    if existing:
+        FileSystems.delete(existing)
+
+
+def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection | None:
+    """Wire the stages onto `pipeline`; None when the output is already complete.
+
+    Fails fast on missing inputs, a missing URL column or an unwritable output folder.
+    """
     paths = match_files(config.input)
     check_columns(paths[0], config.spec)
     ensure_writable_dir(config.output)
+    run_id = run_fingerprint(config, paths)
+    if config.resume and is_complete(config.output, run_id):
+        log.info("%s is already complete (fingerprint %s); nothing to do", config.output, run_id)
+        return None
+    cache = CrawlCache(join(config.output, "_crawl_cache", crawl_fingerprint(config, paths)))
+    if not config.resume:
+        cache.delete()
+    _clear_outputs(config.output)
+
     pairs = pipeline | "Read" >> ReadPairs(paths, config.spec)
     input_rows = pairs | "CountInput" >> beam.combiners.Count.Globally()
-    crawled = pairs | "Crawl" >> Crawl(config.crawl)
-    extra = {"inputs": paths, "config": dataclasses.asdict(config)}
-    return crawled | "Shard" >> WriteShards(
+    crawl = dataclasses.replace(config.crawl, cache_folder=cache.folder)
+    crawled = pairs | "Crawl" >> Crawl(crawl)
+    extra = {"fingerprint": run_id, "inputs": paths, "config": dataclasses.asdict(config)}
+    stats = crawled | "Shard" >> WriteShards(
         config.output, config.samples_per_shard, input_rows, extra
     )
+    if not config.keep_crawl_cache:
+        stats | "DropCrawlCache" >> beam.Map(lambda _: cache.delete())
+    return stats

@@ -85,23 +85,29 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
 
 
 def resize(image: Image.Image, size: int, mode: str) -> Image.Image:
-    """Resize an RGB image by `mode` (see the module docstring)."""
+    """Resize an RGB image by `mode` (see the module docstring).
+
+    Shrinking uses bicubic with `reducing_gap=2` (a cheap integer reduction first), as Pillow's
+    own `thumbnail` does: about 3x cheaper than Lanczos at no visible cost. `center_crop`
+    resamples only the centre square (the `box`), not pixels it would then throw away.
+    """
     width, height = image.size
     if mode == "no":
         return image
-    if mode == "border":
-        scale = size / max(width, height)
-    else:
-        scale = size / min(width, height)
+    if mode == "center_crop":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        return image.resize(
+            (size, size),
+            Image.Resampling.BICUBIC,
+            box=(left, top, left + side, top + side),
+            reducing_gap=2.0 if side > size else None,
+        )
+    scale = size / (max(width, height) if mode == "border" else min(width, height))
     new = (max(1, round(width * scale)), max(1, round(height * scale)))
     if new != image.size:
-        image = image.resize(
-            new, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
-        )
-    if mode == "center_crop":
-        left, top = (image.width - size) // 2, (image.height - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    elif mode == "border":
+        image = image.resize(new, Image.Resampling.BICUBIC, reducing_gap=2.0 if scale < 1 else None)
+    if mode == "border":
         canvas = Image.new("RGB", (size, size), (0, 0, 0))
         canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
         image = canvas

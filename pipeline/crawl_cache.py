@@ -1,0 +1,56 @@
+"""Crawl results per batch, saved as they complete so a killed run resumes without re-fetching.
+
+A batch is the kept pairs of one range of input rows (`batch_id`). Its results (status,
+sizes, JPEG bytes) are written atomically to `CACHE/<batch_id>.parquet`; a rerun with the same
+configuration finds them and skips the downloads. The folder name carries a fingerprint of
+everything that changes results, so a run with other options never reads stale images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from manifests.io import join, write_atomic
+from manifests.schema import MANIFEST_SCHEMA, Pair, manifest_table
+
+_SCHEMA = MANIFEST_SCHEMA.append(pa.field("image", pa.binary()))
+
+
+def fingerprint(settings: dict) -> str:
+    """A short stable hash of the settings that determine crawl results."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class CrawlCache:
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def _path(self, batch_id: str) -> str:
+        return join(self.folder, f"{batch_id}.parquet")
+
+    def load(self, batch_id: str) -> list[Pair] | None:
+        path = self._path(batch_id)
+        if not FileSystems.exists(path):
+            return None
+        with FileSystems.open(path) as f:
+            table = pq.read_table(io.BytesIO(f.read()))
+        return [Pair(**row) for row in table.to_pylist()]
+
+    def save(self, batch_id: str, pairs: list[Pair]) -> None:
+        table = manifest_table(pairs).append_column(
+            _SCHEMA.field("image"), pa.array([p.image for p in pairs], pa.binary())
+        )
+        out = io.BytesIO()
+        pq.write_table(table, out, compression="none")
+        write_atomic(self._path(batch_id), out.getvalue())
+
+    def delete(self) -> None:
+        if FileSystems.exists(self.folder):
+            FileSystems.delete([self.folder])
