@@ -18,11 +18,18 @@ Routes (NAME is an image's name, N a count, ID any token naming a retry counter)
   /redirect?to=URL               302 to URL
   /redirect-loop                 302 to itself
   /redirect-chain/N/NAME         N redirects, then the image
+  /drip/SECONDS/NAME             the image, 1 kB every SECONDS (each read is quick, the whole is slow)
+  /reset/NAME                    half the image, then a TCP reset
+  /concurrent/ID/NAME            the image after 0.2 s; records ID's peak concurrency and start times
+  /private/NAME                  the image, but robots.txt disallows /private/
+  /robots.txt                    `robots_txt` (404 when None), after `robots_delay` seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -30,15 +37,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+DEFAULT_ROBOTS_TXT = "User-agent: *\nDisallow: /private/\n"
 _TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
 
 
 class CorpusServer:
     """Serve `images` (name -> bytes) on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, images: dict[str, bytes] | None = None):
+    def __init__(
+        self,
+        images: dict[str, bytes] | None = None,
+        robots_txt: str | None = DEFAULT_ROBOTS_TXT,
+        robots_delay: float = 0.0,
+    ):
         self.images: dict[str, bytes] = dict(images or {})
+        self.robots_txt, self.robots_delay = robots_txt, robots_delay
         self.hits: Counter = Counter()
+        self.active: Counter = Counter()
+        self.peak: Counter = Counter()
+        self.starts: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -61,6 +78,17 @@ class CorpusServer:
     def serve_forever(self) -> None:
         """Serve in the calling thread until the process ends."""
         self._httpd.serve_forever()
+
+    def enter(self, counter_id: str) -> None:
+        """Note a request of `counter_id` starting (its start time and peak concurrency)."""
+        with self._lock:
+            self.starts.setdefault(counter_id, []).append(time.monotonic())
+            self.active[counter_id] += 1
+            self.peak[counter_id] = max(self.peak[counter_id], self.active[counter_id])
+
+    def leave(self, counter_id: str) -> None:
+        with self._lock:
+            self.active[counter_id] -= 1
 
     def start(self) -> CorpusServer:
         self._thread.start()
@@ -116,9 +144,10 @@ def _send_image(handler, server: CorpusServer, name: str, headers: dict | None =
 
 def _route(handler: BaseHTTPRequestHandler, server: CorpusServer) -> None:
     url = urlsplit(handler.path)
+    server.count(url.path)
     parts = url.path.strip("/").split("/")
     route, args = parts[0], parts[1:]
-    if route == "img":
+    if route in ("img", "private"):
         _send_image(handler, server, "/".join(args))
     elif route == "status":
         _send(handler, int(args[0]))
@@ -156,8 +185,51 @@ def _route(handler: BaseHTTPRequestHandler, server: CorpusServer) -> None:
         hops, name = int(args[0]), "/".join(args[1:])
         target = f"/redirect-chain/{hops - 1}/{name}" if hops > 1 else f"/img/{name}"
         _send(handler, 302, b"", {"Location": target})
+    elif route == "drip":
+        _drip(handler, server.images["/".join(args[1:])], float(args[0]))
+    elif route == "reset":
+        _reset_mid_body(handler, server.images["/".join(args)])
+    elif route == "concurrent":
+        server.enter(args[0])
+        try:
+            time.sleep(0.2)
+            _send_image(handler, server, "/".join(args[1:]))
+        finally:
+            server.leave(args[0])
+    elif route == "robots.txt":
+        time.sleep(server.robots_delay)
+        if server.robots_txt is None:
+            _send(handler, 404)
+        else:
+            _send(handler, 200, server.robots_txt.encode(), {"Content-Type": "text/plain"})
     else:
         _send(handler, 404)
+
+
+def _drip(handler, data: bytes, interval: float) -> None:
+    """Send the body 1 kB at a time, `interval` seconds apart (bounded: stops at the body's end)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/jpeg")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.flush()
+    for start in range(0, len(data), 1024):
+        handler.wfile.write(data[start : start + 1024])
+        handler.wfile.flush()
+        time.sleep(interval)
+
+
+def _reset_mid_body(handler, data: bytes) -> None:
+    """Promise the whole body, send half, then abort the connection with a TCP RST."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/jpeg")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data[: len(data) // 2])
+    handler.wfile.flush()
+    handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    handler.connection.close()
+    handler.close_connection = True
 
 
 def _stream_forever(handler) -> None:

@@ -33,6 +33,9 @@ def server(corpus):
     images["corrupt.jpg"] = jpeg[: len(jpeg) // 2]  # a valid header, then the body breaks off
     images["bomb.png"] = _png_bomb()
     images["tiny.jpg"] = _jpeg((20, 20))
+    noise = io.BytesIO()
+    Image.effect_noise((300, 300), 60).convert("RGB").save(noise, format="JPEG", quality=90)
+    images["photo.jpg"] = noise.getvalue()  # ~40 kB: enough body to drip, reset or truncate
     with CorpusServer(images) as srv:
         yield srv
 

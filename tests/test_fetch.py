@@ -137,3 +137,15 @@ def _closed_port() -> int:
 )
 def test_opt_out_directives(values, expected):
     assert opt_out_directives(values, "openwit/0.1 (+x)") == expected
+
+
+def test_endless_body_memory_stays_near_the_cap(fetcher, server):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        assert fetch_error(fetcher, server.url("huge")).kind == "too_large"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * fetcher.policy.max_bytes  # streamed and stopped, not buffered whole
