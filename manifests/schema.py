@@ -41,6 +41,12 @@ class Pair:
     original_height: int | None = None
     sha256: str | None = None
     shard: str | None = None
+    # Curation results, written to the manifest by the stages that compute them.
+    language: str | None = None  # detected caption language (lang filter)
+    queries: tuple[int, ...] | None = None  # ids of the matched queries (balance stage)
+    phash: str | None = None  # 64-bit perceptual hash, hex (dedup stage)
+    dup_of: str | None = None  # key of the kept copy, for dup:* and contaminated rows
+    score: float | None = None  # image-caption cosine similarity (score filter)
     # Encoded JPEG of the resized image; carried between crawl and shard stages, never in the manifest.
     image: bytes | None = field(default=None, repr=False)
 
@@ -54,7 +60,10 @@ class Pair:
 
     def sample_metadata(self) -> dict:
         """The `KEY.json` record of a shard sample: the manifest row, as img2dataset writes it."""
-        return {name: getattr(self, name) for name in MANIFEST_SCHEMA.names}
+        record = {name: getattr(self, name) for name in MANIFEST_SCHEMA.names}
+        if record["queries"] is not None:
+            record["queries"] = list(record["queries"])
+        return record
 
 
 MANIFEST_SCHEMA = pa.schema(
@@ -71,6 +80,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("original_height", pa.int32()),
         ("sha256", pa.string()),
         ("shard", pa.string()),
+        ("language", pa.string()),
+        ("queries", pa.list_(pa.int32())),
+        ("phash", pa.string()),
+        ("dup_of", pa.string()),
+        ("score", pa.float32()),
     ]
 )
 
@@ -79,3 +93,10 @@ def manifest_table(pairs: list[Pair]) -> pa.Table:
     """A manifest table of `pairs` in MANIFEST_SCHEMA (image bytes left out)."""
     columns = {name: [getattr(p, name) for p in pairs] for name in MANIFEST_SCHEMA.names}
     return pa.table(columns, schema=MANIFEST_SCHEMA)
+
+
+def pair_from_row(row: dict) -> Pair:
+    """The Pair of a manifest (or crawl-cache) row, as `manifest_table` wrote it."""
+    if row.get("queries") is not None:
+        row = {**row, "queries": tuple(row["queries"])}
+    return Pair(**row)

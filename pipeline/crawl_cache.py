@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from manifests.io import join, write_atomic
-from manifests.schema import MANIFEST_SCHEMA, Pair, manifest_table
+from manifests.schema import MANIFEST_SCHEMA, Pair, manifest_table, pair_from_row
 
 _SCHEMA = MANIFEST_SCHEMA.append(pa.field("image", pa.binary()))
 
@@ -41,7 +41,7 @@ class CrawlCache:
             return None
         with FileSystems.open(path) as f:
             table = pq.read_table(io.BytesIO(f.read()))
-        return [Pair(**row) for row in table.to_pylist()]
+        return [pair_from_row(row) for row in table.to_pylist()]
 
     def save(self, batch_id: str, pairs: list[Pair]) -> None:
         table = manifest_table(pairs).append_column(

@@ -111,8 +111,8 @@ def merge_summaries(summaries) -> dict:
     }
 
 
-def write_stats(merged: dict, input_rows: int, output: str, extra: dict) -> dict:
-    stats = {"input_rows": input_rows, **merged, **extra}
+def write_stats(merged: dict, input_rows: int, output: str, extra: dict, **stage_stats) -> dict:
+    stats = {"input_rows": input_rows, **merged, **stage_stats, **extra}
     write_atomic(join(output, "stats.json"), json.dumps(stats, indent=2).encode("utf-8"))
     return stats
 
@@ -120,12 +120,22 @@ def write_stats(merged: dict, input_rows: int, output: str, extra: dict) -> dict
 class WriteShards(beam.PTransform):
     """Every pair in (kept and dropped); shards, manifest and stats.json out under `output`."""
 
-    def __init__(self, output: str, samples_per_shard: int, input_rows, extra_stats: dict):
+    def __init__(
+        self,
+        output: str,
+        samples_per_shard: int,
+        input_rows,
+        extra_stats: dict,
+        stage_stats: dict | None = None,
+    ):
+        """`input_rows`: a singleton count; `stage_stats`: name -> singleton PCollection of a
+        JSON-able value that a stage computed (its funnel, its query counts), put in stats.json."""
         super().__init__()
         self._output = output
         self._samples_per_shard = samples_per_shard
         self._input_rows = input_rows
         self._extra_stats = extra_stats
+        self._stage_stats = stage_stats or {}
 
     def expand(self, pairs):
         kept = pairs | "Kept" >> beam.Filter(lambda p: p.is_ok) | beam.combiners.Count.Globally()
@@ -147,7 +157,8 @@ class WriteShards(beam.PTransform):
             | "Merge" >> beam.Map(merge_summaries)
             | "WriteStats"
             >> beam.Map(
-                lambda merged, rows: write_stats(merged, rows, output, extra),
+                lambda merged, rows, **stages: write_stats(merged, rows, output, extra, **stages),
                 rows=beam.pvalue.AsSingleton(self._input_rows),
+                **{name: beam.pvalue.AsSingleton(pc) for name, pc in self._stage_stats.items()},
             )
         )
