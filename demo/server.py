@@ -28,6 +28,7 @@ Routes (NAME is an image's name, N a count, ID any token naming a retry counter)
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import struct
 import threading
@@ -37,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+log = logging.getLogger(__name__)
 DEFAULT_ROBOTS_TXT = "User-agent: *\nDisallow: /private/\n"
 _TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
 
@@ -57,7 +59,7 @@ class CorpusServer:
         self.peak: Counter = Counter()
         self.starts: dict[str, list[float]] = {}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -103,6 +105,13 @@ class CorpusServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients of the fault routes hang up mid-response on purpose; log that, do not print it."""
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("request from %s ended with an error", client_address, exc_info=True)
 
 
 def _make_handler(server: CorpusServer) -> type[BaseHTTPRequestHandler]:
