@@ -30,6 +30,7 @@ from urllib3.exceptions import (
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from pipeline.netguard import (
+    CachingResolver,
     Resolver,
     Target,
     UrlRefused,
@@ -88,7 +89,7 @@ class Fetcher:
 
     def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver):
         self.policy = policy
-        self._resolver = resolver
+        self._resolver = CachingResolver(resolver)
         self._allowed = parse_networks(policy.allowed_networks)
         self._pools = urllib3.PoolManager(
             num_pools=512, maxsize=policy.per_host_connections, block=True

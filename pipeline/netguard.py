@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -45,6 +47,29 @@ class Target:
 def system_resolver(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [info[4][0] for info in infos]
+
+
+class CachingResolver:
+    """Remember answers for `ttl` seconds: a crawl asks for the same few hosts millions of times,
+    and a cached answer is still the very address that was checked."""
+
+    def __init__(self, resolver: Resolver = system_resolver, ttl: float = 300.0, size: int = 65536):
+        self._resolver, self._ttl, self._size = resolver, ttl, size
+        self._answers: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._answers.get((host, port))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        addresses = self._resolver(host, port)
+        with self._lock:
+            if len(self._answers) >= self._size:
+                self._answers.clear()
+            self._answers[(host, port)] = (now + self._ttl, addresses)
+        return addresses
 
 
 def is_public(address: IPAddress) -> bool:

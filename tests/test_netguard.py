@@ -6,7 +6,14 @@ import ipaddress
 
 import pytest
 
-from pipeline.netguard import UrlRefused, is_public, parse_networks, resolve_target, split_url
+from pipeline.netguard import (
+    CachingResolver,
+    UrlRefused,
+    is_public,
+    parse_networks,
+    resolve_target,
+    split_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -100,3 +107,20 @@ def test_unresolvable_host():
     with pytest.raises(UrlRefused) as caught:
         resolve_target("http://nx.invalid/x", fail)
     assert caught.value.kind == "dns"
+
+
+def test_caching_resolver_asks_once_per_host_within_its_ttl():
+    calls = []
+
+    def resolver(host, port):
+        calls.append(host)
+        return ["93.184.216.34"]
+
+    cached = CachingResolver(resolver, ttl=60)
+    assert cached("a.example", 80) == cached("a.example", 80) == ["93.184.216.34"]
+    cached("b.example", 80)
+    assert calls == ["a.example", "b.example"]
+    expired = CachingResolver(resolver, ttl=0)
+    expired("a.example", 80)
+    expired("a.example", 80)
+    assert calls.count("a.example") == 3
