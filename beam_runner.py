@@ -14,6 +14,7 @@ import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+from filters import options as filter_options
 from filters.image_size import ImageSizeConfig
 from manifests.readers import FORMATS, InputSpec
 from pipeline.crawl import CrawlConfig
@@ -86,6 +87,7 @@ def make_parser() -> argparse.ArgumentParser:
         default="",
         help="comma-separated CIDRs allowed although not public, e.g. 127.0.0.0/8",
     )
+    filter_options.add_arguments(parser)
     return parser
 
 
@@ -126,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         samples_per_shard=args.samples_per_shard,
         resume=args.resume,
         keep_crawl_cache=args.keep_crawl_cache,
+        filters=filter_options.config_from_args(args),
     )
 
 

@@ -1,4 +1,6 @@
-"""The pipeline graph: read -> crawl -> shard, every pair flowing to the manifest.
+"""The pipeline graph: read -> text filters -> crawl -> image filters -> score -> shard.
+
+Every pair flows on to the manifest; each curation stage hands its stats to stats.json.
 
 Reruns resume: finished crawl batches are cached under `OUTPUT/_crawl_cache/<fingerprint>/`
 and reused; a run whose `stats.json` already carries the same fingerprint is complete and is
@@ -16,10 +18,12 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from filters.options import FiltersConfig
 from manifests.io import ensure_writable_dir, join, match_files, read_bytes
 from manifests.readers import InputSpec, check_columns
 from pipeline.crawl import Crawl, CrawlConfig
 from pipeline.crawl_cache import CrawlCache, fingerprint
+from pipeline.filtering import ApplyFilters, ScoreFilter
 from pipeline.read import ReadPairs
 from pipeline.shard import WriteShards
 
@@ -35,6 +39,7 @@ class PipelineConfig:
     samples_per_shard: int = 10_000
     resume: bool = True
     keep_crawl_cache: bool = False
+    filters: FiltersConfig | None = None
 
 
 def run_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
@@ -70,6 +75,19 @@ def _clear_outputs(output: str) -> None:
         FileSystems.delete(existing)
 
 
+class _Stages:
+    """Applies curation stages and collects the stats each returns for stats.json."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, beam.PCollection] = {}
+
+    def apply(self, pairs, label: str, transform: beam.PTransform, stats_key: str):
+        out = pairs | label >> transform
+        if "stats" in out:
+            self.stats[stats_key] = out["stats"]
+        return out["pairs"]
+
+
 def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection | None:
     """Wire the stages onto `pipeline`; None when the output is already complete.
 
@@ -89,11 +107,19 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
 
     pairs = pipeline | "Read" >> ReadPairs(paths, config.spec)
     input_rows = pairs | "CountInput" >> beam.combiners.Count.Globally()
+    stages = _Stages()
+    filters = config.filters or FiltersConfig()
+    if filters.text:
+        pairs = stages.apply(pairs, "TextFilters", ApplyFilters(filters.text), "filters_text")
     crawl = dataclasses.replace(config.crawl, cache_folder=cache.folder)
-    crawled = pairs | "Crawl" >> Crawl(crawl)
+    pairs = pairs | "Crawl" >> Crawl(crawl)
+    if filters.image:
+        pairs = stages.apply(pairs, "ImageFilters", ApplyFilters(filters.image), "filters_image")
+    if filters.score:
+        pairs = stages.apply(pairs, "ScoreFilter", ScoreFilter(filters.score), "score")
     extra = {"fingerprint": run_id, "inputs": paths, "config": dataclasses.asdict(config)}
-    stats = crawled | "Shard" >> WriteShards(
-        config.output, config.samples_per_shard, input_rows, extra
+    stats = pairs | "Shard" >> WriteShards(
+        config.output, config.samples_per_shard, input_rows, extra, stages.stats
     )
     if not config.keep_crawl_cache:
         stats | "DropCrawlCache" >> beam.Map(lambda _: cache.delete())

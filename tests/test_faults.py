@@ -59,7 +59,7 @@ ARGS = [
     "--timeout",
     "1",
     "--deadline",
-    "4",
+    "6",
     "--retries",
     "2",
     "--min-image-size",

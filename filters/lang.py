@@ -1,0 +1,153 @@
+"""Language filter: keep captions written in the wanted languages, by langdetect.
+
+langdetect samples character n-grams at random, so the detector is seeded (`lang_seed`): the
+same caption gets the same answer in every run, worker and retry. On a few letters it guesses
+("dog face" comes out Welsh), so captions with fewer than `lang_min_letters` letters (a kana,
+hangul or han character counts as five) are not judged: the `lang_short` policy decides them,
+`keep` by default (the caption filter is the place to drop short captions), `drop` for a strict
+corpus, or `detect` to trust the guess anyway. Captions in which langdetect finds no letters
+follow the same policy. The detected language (a langdetect code such as `en` or `zh-cn`) is
+recorded in `Pair.language` whether the pair is kept or not.
+"""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+
+from langdetect import DetectorFactory
+from langdetect.detector_factory import PROFILES_DIRECTORY
+from langdetect.lang_detect_exception import LangDetectException
+
+from filters.base import Verdict, register
+from manifests.schema import Pair
+
+SHORT_POLICIES = ("keep", "drop", "detect")
+LATIN = "LATIN"
+# The langdetect languages written in each non-Latin script (Unicode names' first word); every
+# other langdetect language is written in Latin letters.
+SCRIPT_LANGUAGES = {
+    "CYRILLIC": ("ru", "uk", "bg", "mk"),
+    "GREEK": ("el",),
+    "ARABIC": ("ar", "fa", "ur"),
+    "HEBREW": ("he",),
+    "DEVANAGARI": ("hi", "mr", "ne"),
+    "BENGALI": ("bn",),
+    "GUJARATI": ("gu",),
+    "GURMUKHI": ("pa",),
+    "KANNADA": ("kn",),
+    "MALAYALAM": ("ml",),
+    "TAMIL": ("ta",),
+    "TELUGU": ("te",),
+    "THAI": ("th",),
+    "HANGUL": ("ko",),
+    "HIRAGANA": ("ja",),
+    "KATAKANA": ("ja",),
+    "CJK": ("zh", "ja"),
+}
+_NON_LATIN = frozenset(code for codes in SCRIPT_LANGUAGES.values() for code in codes)
+
+
+@dataclass(frozen=True)
+class LangConfig:
+    lang: tuple[str, ...] = field(
+        default=("en",),
+        metadata={"help": "languages to keep, comma-separated langdetect codes (zh matches zh-cn)"},
+    )
+    lang_min_prob: float = field(
+        default=0.5, metadata={"help": "minimum langdetect probability of a kept language"}
+    )
+    lang_min_letters: int = field(
+        default=15, metadata={"help": "captions with fewer letters follow --lang-short"}
+    )
+    lang_short: str = field(
+        default="keep", metadata={"help": f"policy for short captions: {'/'.join(SHORT_POLICIES)}"}
+    )
+    lang_seed: int = field(default=0, metadata={"help": "langdetect's seed"})
+
+    def __post_init__(self) -> None:
+        if self.lang_short not in SHORT_POLICIES:
+            raise ValueError(f"lang_short must be one of {SHORT_POLICIES}, not {self.lang_short!r}")
+
+
+_factories: dict[int, DetectorFactory] = {}
+_lock = threading.Lock()
+
+
+def _factory(seed: int) -> DetectorFactory:
+    """One loaded profile set per process and seed (loading takes about a second)."""
+    with _lock:
+        factory = _factories.get(seed)
+        if factory is None:
+            factory = DetectorFactory()
+            factory.load_profile(PROFILES_DIRECTORY)
+            factory.seed = seed
+            _factories[seed] = factory
+        return factory
+
+
+def warm_up(config: LangConfig) -> None:
+    _factory(config.lang_seed)
+
+
+def detect(text: str, seed: int = 0) -> tuple[str, float] | None:
+    """langdetect's most probable language of `text` and its probability; None if it has none."""
+    detector = _factory(seed).create()
+    detector.append(text)
+    try:
+        best = detector.get_probabilities()
+    except LangDetectException:  # no letters: nothing to judge
+        return None
+    return (best[0].lang, best[0].prob) if best else None
+
+
+def letter_count(text: str) -> int:
+    return sum(ch.isalpha() for ch in text)
+
+
+def scripts(text: str) -> set[str]:
+    """The scripts the letters of `text` are written in (`LATIN`, `CYRILLIC`, `CJK`, ...)."""
+    return {
+        unicodedata.name(ch, "?").split(" ", 1)[0] if ord(ch) > 0x24F else LATIN
+        for ch in text
+        if ch.isalpha()
+    }
+
+
+def script_allows(found: set[str], wanted: tuple[str, ...]) -> bool:
+    """Whether a wanted language may be written in one of the scripts `found`: no text is needed
+    to rule out Korean for an English corpus, however short the caption."""
+    bases = {code.split("-")[0] for code in wanted}
+    if not found:
+        return True
+    if LATIN in found and not bases <= _NON_LATIN:
+        return True
+    return any(bases & set(SCRIPT_LANGUAGES.get(script, ())) for script in found)
+
+
+def is_wanted(language: str, wanted: tuple[str, ...]) -> bool:
+    """`zh` in `wanted` matches langdetect's `zh-cn` and `zh-tw`."""
+    return language in wanted or language.split("-")[0] in wanted
+
+
+@register("lang", "text", LangConfig, setup=warm_up)
+def check_language(pair: Pair, config: LangConfig) -> Verdict | None:
+    """Keep captions in --lang, detected by langdetect (seeded)."""
+    short = letter_count(pair.caption) < config.lang_min_letters
+    if short and not script_allows(scripts(pair.caption), config.lang):
+        return Verdict("other_script")
+    if short and config.lang_short == "keep":
+        return None
+    if short and config.lang_short == "drop":
+        return Verdict("too_short_to_judge")
+    found = detect(pair.caption, config.lang_seed)
+    if found is None:
+        return None if config.lang_short == "keep" else Verdict("too_short_to_judge")
+    language, prob = found
+    updates = {"language": language}
+    if not is_wanted(language, config.lang):
+        return Verdict("other_language", updates)
+    if prob < config.lang_min_prob:
+        return Verdict("low_confidence", updates)
+    return Verdict(None, updates)

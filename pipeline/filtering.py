@@ -1,0 +1,280 @@
+"""Filter stages: a chain of registered filters (`ApplyFilters`) and the model score (`ScoreFilter`).
+
+Every pair comes out once: kept ones unchanged but for what a filter recorded (the language),
+dropped ones with `filtered:<filter>:<reason>`, pairs dropped earlier untouched. A filter that
+raises costs its pair (`error:filter`, the exception in the message), never the run. The stats
+are a funnel: rows in and out of each filter and the drops per reason, so the counts add up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from PIL import Image
+
+from filters.base import FilterDef, FilterStep, Verdict, is_reason
+from filters.options import FiltersConfig, add_arguments, config_from_args
+from filters.score import (
+    ScoreConfig,
+    Scorer,
+    histogram_quantiles,
+    quantise,
+    rounded,
+    score_reason,
+    top_fraction_threshold,
+)
+from manifests.schema import Pair, error, filtered
+from pipeline.crawl import batch_of
+
+__all__ = ["ApplyFilters", "FiltersConfig", "ScoreFilter", "add_arguments", "config_from_args"]
+
+log = logging.getLogger(__name__)
+PASSED = "passed_through"  # arrived with a non-ok status
+KEPT = ""  # the reason of a pair that passed every filter
+ERROR = "error"  # the funnel reason of a pair whose filter raised
+_SCORE_GROUP_ROWS = 4096  # input rows per scoring group: locality and spread over workers
+QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+
+Outcome = tuple[int, str] | str  # (index of the deciding filter, reason), or PASSED
+
+
+def _verdict(result: object) -> Verdict:
+    verdict = result if isinstance(result, Verdict) else Verdict(result)
+    if verdict.reason is not None and not is_reason(verdict.reason):
+        raise ValueError(f"a drop reason must be snake_case, not {verdict.reason!r}")
+    return verdict
+
+
+def apply_chain(pair: Pair, chain: Sequence[FilterDef], configs: Sequence) -> tuple[Pair, Outcome]:
+    """Run `pair` through the filters in order until one drops it; say where it stopped."""
+    if not pair.is_ok:
+        return pair, PASSED
+    image = None
+    for index, (definition, config) in enumerate(zip(chain, configs, strict=True)):
+        name = definition.name
+        try:
+            if definition.kind == "image":
+                if pair.image is None:
+                    return pair.with_status(filtered(name, "no_image")), (index, "no_image")
+                if image is None:
+                    image = Image.open(io.BytesIO(pair.image)).convert("RGB")
+                verdict = _verdict(definition.check(pair, image, config))
+            else:
+                verdict = _verdict(definition.check(pair, config))
+        except Exception as exc:  # a filter's bug must cost one row, not the run
+            log.exception("filter %s failed on %s", name, pair.key)
+            message = f"{name}: {type(exc).__name__}: {exc}"
+            return pair.with_status(error("filter"), message), (index, ERROR)
+        if verdict.updates:
+            pair = dataclasses.replace(pair, **verdict.updates)
+        if verdict.reason is not None:
+            return pair.with_status(filtered(name, verdict.reason)), (index, verdict.reason)
+    return pair, (len(chain), KEPT)
+
+
+def funnel(counts: dict, names: Sequence[str]) -> dict:
+    """The stats of a chain from outcome counts: rows in/out per filter and drops per reason."""
+    passed = counts.get(PASSED, 0)
+    arrived = sum(n for outcome, n in counts.items() if outcome != PASSED)
+    rows, steps = arrived, []
+    for index, name in enumerate(names):
+        dropped = {r: n for (i, r), n in _outcomes(counts) if i == index}
+        out = rows - sum(dropped.values())
+        steps.append({"filter": name, "rows_in": rows, "rows_out": out, "dropped": dropped})
+        rows = out
+    return {"rows_in": passed + arrived, "passed_through": passed, "ok_in": arrived,
+            "ok_out": rows, "filters": steps}  # fmt: skip
+
+
+def _outcomes(counts: dict) -> list[tuple[tuple[int, str], int]]:
+    return sorted((o, n) for o, n in counts.items() if o != PASSED)
+
+
+class _CountFn(beam.CombineFn):
+    """Counts of hashable elements, as a plain dict (order-free, so any runner agrees)."""
+
+    def create_accumulator(self) -> Counter:
+        return Counter()
+
+    def add_input(self, acc: Counter, element) -> Counter:
+        acc[element] += 1
+        return acc
+
+    def merge_accumulators(self, accs) -> Counter:
+        total: Counter = Counter()
+        for acc in accs:
+            total.update(acc)
+        return total
+
+    def extract_output(self, acc: Counter) -> dict:
+        return dict(acc)
+
+
+class _FilterFn(beam.DoFn):
+    def __init__(self, steps: Sequence[FilterStep]):
+        self._steps = tuple(steps)
+
+    def setup(self) -> None:
+        self._chain = [s.resolve() for s in self._steps]
+        self._configs = [s.config for s in self._steps]
+        for definition, config in zip(self._chain, self._configs, strict=True):
+            if definition.setup:
+                definition.setup(config)
+        self._counters: dict[str, object] = {}
+
+    def process(self, pair: Pair):
+        out, outcome = apply_chain(pair, self._chain, self._configs)
+        if outcome != PASSED:
+            index, reason = outcome
+            name = self._chain[index].name if index < len(self._chain) else "chain"
+            self._count(f"{name}:{reason or 'kept'}")
+        yield out, outcome
+
+    def _count(self, name: str) -> None:
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = Metrics.counter("filters", name)
+        counter.inc()
+
+
+class ApplyFilters(beam.PTransform):
+    """Pairs in, the same pairs out, through `steps` in order; `stats` is the funnel."""
+
+    def __init__(self, steps: Sequence[FilterStep]):
+        super().__init__()
+        self._steps = tuple(steps)
+
+    def expand(self, pairs):
+        names = [s.name for s in self._steps]
+        results = pairs | "Filter" >> beam.ParDo(_FilterFn(self._steps))
+        stats = (
+            results
+            | "Outcomes" >> beam.Map(lambda r: r[1])
+            | "CountOutcomes" >> beam.CombineGlobally(_CountFn())
+            | "Funnel" >> beam.Map(funnel, names)
+        )
+        return {"pairs": results | "Pairs" >> beam.Map(lambda r: r[0]), "stats": stats}
+
+
+class _ScoreFn(beam.DoFn):
+    """Score a group of pairs in key order, `batch_size` at a time, with a model per worker."""
+
+    def __init__(self, config: ScoreConfig, make_scorer: Callable[[ScoreConfig], Any]):
+        self._config = config
+        self._make_scorer = make_scorer
+
+    def setup(self) -> None:
+        self._scorer = self._make_scorer(self._config)
+        self._scored = Metrics.counter("score", "scored")
+        self._failed = Metrics.counter("score", "error")
+
+    def process(self, element):
+        _, pairs = element
+        pairs = sorted(pairs, key=lambda p: p.key)
+        size = self._config.score_batch_size
+        for start in range(0, len(pairs), size):
+            yield from self._score_batch(pairs[start : start + size])
+
+    def _score_batch(self, batch: list[Pair]):
+        try:
+            scores = self._scorer.score(batch)
+        except Exception:  # one bad image must not cost its whole batch: retry one by one
+            if len(batch) > 1:
+                for pair in batch:
+                    yield from self._score_batch([pair])
+                return
+            log.exception("scoring %s failed", batch[0].key)
+            self._failed.inc()
+            yield batch[0].with_status(error("score"), "the model could not score this pair")
+            return
+        self._scored.inc(len(batch))
+        for pair, score in zip(batch, scores, strict=True):
+            yield dataclasses.replace(pair, score=rounded(score))
+
+
+def _judge(pair: Pair, config: ScoreConfig, threshold: float | None) -> Pair:
+    if not pair.is_ok:
+        return pair
+    reason = score_reason(pair.score, config, threshold)
+    return pair.with_status(filtered("score", reason), f"{pair.score:.4f}") if reason else pair
+
+
+def score_stats(histogram: dict, statuses: dict, threshold: float | None) -> dict:
+    """The score filter's stats: the score distribution, the threshold, rows per outcome."""
+    scored = sum(histogram.values())
+    return {
+        "rows_in": sum(statuses.values()),
+        "passed_through": statuses.get(PASSED, 0),
+        "scored": scored,
+        "kept": statuses.get("ok", 0),
+        "dropped": {s.split(":")[-1]: n for s, n in statuses.items() if s.startswith("filtered:")},
+        "errors": statuses.get(error("score"), 0),
+        "top_fraction_threshold": threshold,
+        "score_quantiles": {
+            str(q): v
+            for q, v in zip(QUANTILES, histogram_quantiles(histogram, QUANTILES), strict=True)
+        },
+    }
+
+
+def load_scorer(config: ScoreConfig) -> Scorer:
+    return Scorer(config.score_checkpoint, config.score_device)
+
+
+class ScoreFilter(beam.PTransform):
+    """Score every ok pair with the checkpoint, then drop by --min-score / --keep-top-fraction.
+
+    `make_scorer(config)` builds, once per worker, what scores: anything with a
+    `score(pairs) -> list[float]` method (an openwit checkpoint by default)."""
+
+    def __init__(
+        self, config: ScoreConfig, make_scorer: Callable[[ScoreConfig], Any] = load_scorer
+    ):
+        super().__init__()
+        self._config = config
+        self._make_scorer = make_scorer
+
+    def expand(self, pairs):
+        config = self._config
+        passed = pairs | "Dropped" >> beam.Filter(lambda p: not p.is_ok)
+        scored = (
+            pairs
+            | "Ok" >> beam.Filter(lambda p: p.is_ok)
+            | "KeyByGroup" >> beam.Map(lambda p: (batch_of(p.key, _SCORE_GROUP_ROWS), p))
+            | "Group" >> beam.GroupByKey()
+            | "Score" >> beam.ParDo(_ScoreFn(config, self._make_scorer))
+        )
+        histogram = (
+            scored
+            | "Scores" >> beam.FlatMap(lambda p: [quantise(p.score)] if p.is_ok else [])
+            | "Histogram" >> beam.CombineGlobally(_CountFn())
+        )
+        fraction = config.keep_top_fraction
+        threshold = histogram | "Threshold" >> beam.Map(
+            lambda h: top_fraction_threshold(h, fraction) if fraction else None
+        )
+        judged = scored | "Judge" >> beam.Map(
+            _judge, config, threshold=beam.pvalue.AsSingleton(threshold)
+        )
+        out = (judged, passed) | "Merge" >> beam.Flatten()
+        statuses = (
+            (
+                judged | "Status" >> beam.Map(lambda p: p.status),
+                passed | "Passed" >> beam.Map(lambda p: PASSED),
+            )
+            | "MergeStatuses" >> beam.Flatten()
+            | "CountStatuses" >> beam.CombineGlobally(_CountFn())
+        )
+        stats = histogram | "Stats" >> beam.Map(
+            score_stats,
+            statuses=beam.pvalue.AsSingleton(statuses),
+            threshold=beam.pvalue.AsSingleton(threshold),
+        )
+        return {"pairs": out, "stats": stats}
