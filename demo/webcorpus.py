@@ -17,12 +17,12 @@ from PIL import Image
 
 from demo.corpus import BACKGROUNDS, COLORS, SHAPES, draw_shape, encode
 
-TEMPLATES = (
+TEMPLATES = (  # every one judged English by langdetect for all 144 colour-shape-background mixes
     "a {color} {shape} on a {background} background",
-    "{color} {shape}",
-    "photo of a {color} {shape}",
-    "a {shape} in {color}",
-    "{color} {shape} clipart, {background} backdrop",
+    "a picture of a {color} {shape} on a plain {background} background",
+    "this is a {color} {shape} shown in the middle of the picture",
+    "a photo of the {color} {shape} with a {background} background",
+    "simple drawing of a {color} {shape}, isolated on {background}",
 )
 TRANSLATIONS = {
     "fr": (
