@@ -1,0 +1,1 @@
+"""The CLIP trainer: reads the pipeline's WebDataset shards, trains and evaluates."""

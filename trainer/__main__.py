@@ -1,0 +1,81 @@
+"""`python -m trainer train|eval|init ...` (also under torchrun for several processes)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import typing
+
+from trainer import checkpoint
+from trainer.evaluate import TEMPLATES, load_folder, load_shards, retrieval, zero_shot
+from trainer.model import CONFIGS
+from trainer.tokenizer import CaptionTokenizer
+from trainer.train import TrainConfig, train
+
+
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=field.default)
+        elif field.default is dataclasses.MISSING:
+            parser.add_argument(flag, type=kind, required=True)
+        else:
+            parser.add_argument(flag, type=kind, default=field.default)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_dataclass_args(commands.add_parser("train", help="pretrain CLIP on shards"), TrainConfig)
+    ev = commands.add_parser("eval", help="zero-shot and retrieval of a checkpoint")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--folder", help="zero-shot: a folder per class, named in English")
+    ev.add_argument("--templates", default="|".join(TEMPLATES), help="'|'-separated, {} = class")
+    ev.add_argument("--shards", help="retrieval: held-out shards")
+    ev.add_argument("--output", help="write the JSON here too")
+    init = commands.add_parser("init", help="a randomly initialised checkpoint")
+    init.add_argument("--model", default="tiny", choices=sorted(CONFIGS))
+    init.add_argument("--captions", required=True, help="a text file, one caption a line")
+    init.add_argument("--vocab-size", type=int, default=4096)
+    init.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "train":
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        result = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+        summary = {"final_loss": result["losses"][-1] if result["losses"] else None,
+                   "skipped_samples": result["skipped_samples"], **result["metrics"]}  # fmt: skip
+    elif args.command == "eval":
+        model, tokenizer, _ = checkpoint.load_model(args.checkpoint)
+        summary = {}
+        if args.folder:
+            images, labels, classes = load_folder(args.folder)
+            summary.update(
+                zero_shot(model, tokenizer, images, labels, classes, args.templates.split("|"))
+            )
+        if args.shards:
+            summary.update(retrieval(model, tokenizer, *load_shards(args.shards)))
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump(summary, f, indent=2)
+    else:
+        with open(args.captions, encoding="utf-8") as f:
+            captions = [line.strip() for line in f if line.strip()]
+        config = CONFIGS[args.model]
+        tokenizer = CaptionTokenizer.train(captions, args.vocab_size, config.context_length)
+        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
+        checkpoint.save_initial(args.output, config, tokenizer)
+        summary = {"checkpoint": args.output, "vocab_size": tokenizer.vocab_size}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()

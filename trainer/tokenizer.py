@@ -1,0 +1,56 @@
+"""A byte-level BPE tokenizer trained on the corpus captions (the `tokenizers` library).
+
+Trained, not downloaded: nothing is fetched at run time, and the vocabulary fits the corpus.
+It is saved inside each checkpoint as JSON, so a checkpoint is all `evaluate` needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
+
+
+class CaptionTokenizer:
+    def __init__(self, tokenizer: Tokenizer, context_length: int):
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.pad_id = tokenizer.token_to_id(PAD)
+        self.sot_id = tokenizer.token_to_id(SOT)
+        self.eot_id = tokenizer.token_to_id(EOT)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @classmethod
+    def train(cls, captions: Iterable[str], vocab_size: int = 4096, context_length: int = 77):
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[PAD, SOT, EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tokenizer.train_from_iterator(captions, trainer)
+        return cls(tokenizer, context_length)
+
+    def to_json(self) -> str:
+        return self.tokenizer.to_str()
+
+    @classmethod
+    def from_json(cls, text: str, context_length: int) -> CaptionTokenizer:
+        return cls(Tokenizer.from_str(text), context_length)
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        """(B, context_length) token ids: <sot> text <eot> <pad>..., truncated to fit."""
+        out = torch.full((len(captions), self.context_length), self.pad_id, dtype=torch.long)
+        for row, encoding in enumerate(self.tokenizer.encode_batch(captions)):
+            ids = [self.sot_id, *encoding.ids[: self.context_length - 2], self.eot_id]
+            out[row, : len(ids)] = torch.tensor(ids)
+        return out
