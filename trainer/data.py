@@ -49,6 +49,11 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big")
 
 
+def _already_split(shards):
+    """The stream splits shards by rank itself (`_shards_for`); webdataset must not again."""
+    return shards
+
+
 def normalise(image: Image.Image) -> torch.Tensor:
     array = (np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD  # (H, W, 3)
     return torch.from_numpy(array.transpose(2, 0, 1).copy())  # (3, H, W)
@@ -108,7 +113,8 @@ class ShardStream:
     def _samples(self, epoch: int) -> Iterator[dict]:
         """The epoch's raw samples in their shuffled order (unreadable shards are skipped)."""
         reader = wds.WebDataset(self._shards_for(epoch), shardshuffle=False, empty_check=False,
-                                handler=self._skip_shard)  # fmt: skip
+                                handler=self._skip_shard, nodesplitter=_already_split,
+                                workersplitter=_already_split)  # fmt: skip
         rng, buffer = random.Random(_seed(self.seed, "buffer", epoch, self.rank)), []
         for sample in reader:
             buffer.append(sample)
