@@ -102,15 +102,15 @@ class Scorer:
 
     def __init__(self, checkpoint: str, device: str = "cpu"):
         import torch
+
         from trainer.checkpoint import load_model
         from trainer.data import preprocess_eval
 
         self._torch = torch
         self._preprocess = preprocess_eval
         self._device = device
-        self.model, self.tokenizer, self.model_config = load_model(checkpoint, device=device)
-        self.model.eval()
-        self.image_size = _image_size(self.model_config)
+        self.model, self.tokenizer, model_config = load_model(checkpoint, device=device)
+        self.image_size = model_config.image_size
 
     def score(self, pairs: Sequence[Pair]) -> list[float]:
         """Cosine similarity of each pair's image (JPEG in `pair.image`) and caption."""
@@ -124,18 +124,7 @@ class Scorer:
         with torch.inference_mode():
             pixels = torch.stack(images).to(self._device)  # (B, 3, H, W)
             tokens = self.tokenizer([p.caption for p in pairs]).to(self._device)  # (B, T)
-            image_emb = torch.nn.functional.normalize(self.model.encode_image(pixels), dim=-1)
-            text_emb = torch.nn.functional.normalize(self.model.encode_text(tokens), dim=-1)
+            image_emb = self.model.encode_image(pixels)  # (B, D), L2-normalised
+            text_emb = self.model.encode_text(tokens)  # (B, D), L2-normalised
             cosine = (image_emb * text_emb).sum(dim=-1)  # (B,)
         return [float(c) for c in cosine.float().cpu()]
-
-
-def _image_size(model_config) -> int:
-    """The input side the checkpoint's image tower expects."""
-    for name in ("image_size", "img_size", "resolution"):
-        value = getattr(model_config, name, None)
-        if value is None and isinstance(model_config, dict):
-            value = model_config.get(name)
-        if value is not None:
-            return int(value)
-    raise ValueError("the checkpoint's config names no image size")

@@ -7,6 +7,7 @@ trainer's tiny random checkpoint and are skipped until `trainer.checkpoint` exis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -113,9 +114,16 @@ def test_score_filter_min_score():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialised tiny openwit CLIP, its tokenizer trained on demo captions."""
     checkpoint = pytest.importorskip("trainer.checkpoint")
+    from trainer.model import CONFIGS
+    from trainer.tokenizer import CaptionTokenizer
+
+    captions = [image.caption for image in generate(64, seed=5)]
+    tokenizer = CaptionTokenizer.train(captions, 300, CONFIGS["tiny"].context_length)
+    config = dataclasses.replace(CONFIGS["tiny"], vocab_size=tokenizer.vocab_size)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    checkpoint.save_initial(str(path))
+    checkpoint.save_initial(path, config, tokenizer)
     return str(path)
 
 
