@@ -62,6 +62,6 @@ def test_resume_gives_the_same_losses(tmp_path):
 def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     shards = write_shards(tmp_path / "shards", shards=1, per_shard=40, corrupt=3)
     stream = ShardStream(shards, batch_size=37, image_size=32, shuffle_buffer=1)
-    images, captions = next(iter(stream))
+    images, captions, _ = next(iter(stream))
     assert images.shape == (37, 3, 32, 32) and len(captions) == 37
     assert stream.skipped == 3

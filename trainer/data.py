@@ -15,8 +15,10 @@ import hashlib
 import io
 import logging
 import random
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from queue import Queue
 
 import numpy as np
 import torch
@@ -143,7 +145,8 @@ class ShardStream:
         rng = random.Random(_seed(self.seed, "crop", self.state.epoch, self.rank, position))
         return random_resized_crop(image, self.image_size, rng), caption
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str], DataState]]:
+        """Batches with the stream position right after each (what a checkpoint stores)."""
         images, captions = [], []
         while True:
             epoch, start = self.state.epoch, self.state.consumed
@@ -159,8 +162,29 @@ class ShardStream:
                 images.append(decoded[0])
                 captions.append(decoded[1])
                 if len(images) == self.batch_size:
-                    yield torch.stack(images), captions
+                    yield torch.stack(images), captions, DataState(**vars(self.state))
                     images, captions = [], []
             if produced == 0 and start == 0:
                 raise RuntimeError("the shards hold no readable sample")
             self.state = DataState(epoch + 1, 0)
+
+
+def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
+    """Decode the next batches in a thread while the model trains on this one (Pillow and
+    numpy release the GIL), so data loading hides behind compute."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+
+    def fill() -> None:
+        try:
+            for batch in batches:
+                queue.put(batch)
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put(exc)
+        queue.put(done)
+
+    threading.Thread(target=fill, daemon=True, name="prefetch").start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item

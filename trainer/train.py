@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from trainer import checkpoint
-from trainer.data import DataState, ShardStream
+from trainer.data import DataState, ShardStream, prefetch
 from trainer.evaluate import load_folder, load_shards, retrieval, zero_shot
 from trainer.loss import clip_loss, siglip_loss
 from trainer.model import CLIP, CONFIGS
@@ -155,7 +155,8 @@ def train(cfg: TrainConfig) -> dict:
     ddp = DistributedDataParallel(model) if world > 1 else model
     step_fn = torch.compile(ddp) if cfg.compile else ddp
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    batches = iter(stream)
+    batches = prefetch(iter(stream))
+    position = stream.state
     losses, log_rows, end = [], [], min(cfg.steps, cfg.stop_after or cfg.steps)
     model.train()
     for step in tqdm(
@@ -166,7 +167,7 @@ def train(cfg: TrainConfig) -> dict:
         started, waited, total = time.perf_counter(), 0.0, 0.0
         for _ in range(cfg.accumulate):
             t0 = time.perf_counter()
-            images, captions = next(batches)
+            images, captions, position = next(batches)
             waited += time.perf_counter() - t0
             tokens = tokenizer(captions).to(device)
             with autocast:
@@ -187,16 +188,16 @@ def train(cfg: TrainConfig) -> dict:
             row.update(_evaluate(model, tokenizer, cfg))
         log_rows.append(row)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            _save(model, optimizer, tokenizer, stream, step + 1, cfg, rank, world)
+            _save(model, optimizer, tokenizer, position, step + 1, cfg, rank, world)
     metrics = _evaluate(model, tokenizer, cfg) if rank == 0 and end == cfg.steps else {}
     if rank == 0:
         _write_log(out, log_rows, metrics)
     return {"losses": losses, "metrics": metrics, "skipped_samples": stream.skipped}
 
 
-def _save(model, optimizer, tokenizer, stream, step, cfg, rank, world) -> None:
+def _save(model, optimizer, tokenizer, position: DataState, step, cfg, rank, world) -> None:
     positions = [None] * world
-    state = asdict(stream.state)
+    state = asdict(position)
     if world > 1:
         dist.all_gather_object(positions, state)
     else:
