@@ -1,9 +1,9 @@
-"""`python -m demo` (what `make demo` runs): the crawl and curation on an embedded corpus.
+"""`python -m demo` (what `make demo` runs): crawl, curate, train and evaluate, end to end.
 
 Builds the deterministic web-like corpus of `demo.webcorpus` (colour-shape concepts with a
 quarter of web noise), serves it on 127.0.0.1, runs `beam_runner` on its URL list with the
-text and image filters on, and prints where every row went. The held-out images are written
-per concept under `OUTPUT/heldout/` for zero-shot evaluation.
+text and image filters on, trains the `tiny` CLIP on the shards on CPU and evaluates it
+zero-shot on held-out images (a folder per concept under `OUTPUT/heldout/`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import beam_runner
 from demo.server import CorpusServer
 from demo.webcorpus import build
+from trainer.train import TrainConfig, train
 
 log = logging.getLogger("demo")
 
@@ -39,18 +40,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="demo_out")
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-steps", type=int, default=150, help="0 skips training")
+    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.monotonic()
-    print(f"[1/3] building a corpus of {args.pairs} pairs", flush=True)
+    print(f"[1/4] building a corpus of {args.pairs} pairs", flush=True)
     corpus = build(args.pairs, seed=args.seed)
     write_heldout(corpus.heldout, out / "heldout")
     with CorpusServer(corpus.images) as server:
         rows = [{"url": server.url(r["path"]), "caption": r["caption"]} for r in corpus.rows]
         pq.write_table(pa.Table.from_pylist(rows), out / "urls.parquet")
-        print(f"[2/3] crawling {len(rows)} URLs served at {server.base_url}", flush=True)
+        print(f"[2/4] crawling {len(rows)} URLs served at {server.base_url}", flush=True)
         beam_runner.run([
             "--input", str(out / "urls.parquet"), "--output", str(out / "crawl"),
             "--allowed-networks", "127.0.0.0/8", "--samples-per-shard", "1000",
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
             "--no-resume",
         ])  # fmt: skip
     stats = json.loads((out / "crawl" / "stats.json").read_text())
-    print(f"[3/3] crawled {stats['input_rows']} rows in {time.monotonic() - start:.1f}s")
+    print(f"[2/4] crawled {stats['input_rows']} rows in {time.monotonic() - start:.1f}s")
     for status, count in stats["status_counts"].items():
         print(f"  {status:34s} {count:6d}")
     print(
@@ -67,7 +70,28 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"manifest: {out / 'crawl' / 'manifest'}")
     print(f"stats:    {out / 'crawl' / 'stats.json'}")
     print(f"held-out: {out / 'heldout'} ({len(corpus.heldout)} images, one folder per class)")
+    if args.train_steps:
+        stats["training"] = train_and_evaluate(out, args.train_steps, args.batch_size, args.seed)
+    print(f"done in {time.monotonic() - start:.0f}s")
     return stats
+
+
+def train_and_evaluate(out: Path, steps: int, batch_size: int, seed: int) -> dict:
+    """Train `tiny` on the demo's shards, then zero-shot on the held-out concepts."""
+    print(f"[3/4] training the tiny CLIP for {steps} steps of {batch_size} on CPU", flush=True)
+    config = TrainConfig(
+        shards=str(out / "crawl" / "shards" / "*.tar"), output=str(out / "train"), model="tiny",
+        batch_size=batch_size, steps=steps, warmup=max(1, steps // 10), seed=seed,
+        eval_folder=str(out / "heldout"), eval_every=max(1, steps // 3), checkpoint_every=steps,
+    )  # fmt: skip
+    result = train(config)
+    metrics = result["metrics"]
+    print(f"[4/4] zero-shot on {metrics['zeroshot_images']} held-out images of "
+          f"{metrics['zeroshot_classes']} classes (chance {1 / metrics['zeroshot_classes']:.3f}): "
+          f"top-1 {metrics['zeroshot_top1']:.3f}, top-5 {metrics['zeroshot_top5']:.3f}")  # fmt: skip
+    print(f"model:    {out / 'train' / 'checkpoints' / 'latest.pt'}")
+    print(f"curves:   {out / 'train' / 'curves.png'} (loss, zero-shot top-1)")
+    return {"final_loss": result["losses"][-1], **metrics}
 
 
 if __name__ == "__main__":

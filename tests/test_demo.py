@@ -1,4 +1,4 @@
-"""`make demo` at a tiny size: the embedded corpus is crawled and curated, every row counted."""
+"""`make demo` at a tiny size: crawled, curated, trained and evaluated; every row counted."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from demo.__main__ import main
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    stats = main(["--output", str(tmp_path), "--pairs", "160"])
+    stats = main(["--output", str(tmp_path), "--pairs", "160", "--train-steps", "2",
+                  "--batch-size", "16"])  # fmt: skip
     assert stats["input_rows"] == 160 == sum(stats["status_counts"].values())
     assert stats["status_counts"]["ok"] >= 80  # three quarters are clean pairs
     assert any(s.startswith("filtered:") for s in stats["status_counts"])  # noise was filtered
@@ -20,6 +21,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     )
     assert rows == 160
     assert stats["filters_text"]["rows_in"] == 160
-    assert json.loads((tmp_path / "crawl/stats.json").read_text()) == stats
+    crawl_stats = {k: v for k, v in stats.items() if k != "training"}
+    assert json.loads((tmp_path / "crawl/stats.json").read_text()) == crawl_stats
+    assert (
+        stats["training"]["zeroshot_classes"] == 48 and stats["training"]["zeroshot_images"] == 240
+    )
+    assert (tmp_path / "train/checkpoints/latest.pt").exists() and (
+        tmp_path / "train/curves.png"
+    ).exists()
     assert len(list((tmp_path / "heldout").iterdir())) == 48  # one folder per concept
     assert "stats:" in capsys.readouterr().out
