@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import itertools
 import logging
 import random
 import threading
@@ -124,6 +125,11 @@ class ShardStream:
                 yield buffer.pop(rng.randrange(len(buffer)))
         rng.shuffle(buffer)
         yield from buffer
+
+    def captions(self, limit: int) -> list[str]:
+        """The first `limit` captions of epoch 0's order (what the tokenizer is trained on)."""
+        samples = itertools.islice(self._samples(0), limit)
+        return [sample["txt"].decode("utf-8", "replace") for sample in samples]
 
     def _skip_shard(self, exc: Exception) -> bool:
         self.skipped += 1

@@ -8,7 +8,6 @@ run stopped: the same losses as an uninterrupted run (the schedule is a function
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import logging
 import math
@@ -96,9 +95,7 @@ def _distributed() -> tuple[int, int, torch.device]:
 
 def _tokenizer(cfg: TrainConfig, context_length: int) -> CaptionTokenizer:
     """Trained on the first captions of the shards: every rank gets the same one."""
-    stream = ShardStream(cfg.shards, 1, 8, seed=cfg.seed, shuffle_buffer=1)
-    captions = [sample["txt"].decode("utf-8", "replace")
-                for sample in itertools.islice(stream._samples(0), 20000)]  # fmt: skip
+    captions = ShardStream(cfg.shards, 1, 8, seed=cfg.seed, shuffle_buffer=1).captions(20000)
     return CaptionTokenizer.train(captions, cfg.vocab_size, context_length)
 
 
