@@ -50,18 +50,25 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[CLIP, CaptionToke
     return model.to(device).eval(), tokenizer, config
 
 
+def load(path: str | Path) -> dict:
+    """A training checkpoint's whole payload, on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def rng_states() -> dict:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+    states = {"python": random.getstate(), "numpy": np.random.get_state(),
+              "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
 def restore_rng(states: dict) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 def latest(folder: str | Path) -> Path | None:

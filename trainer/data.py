@@ -1,11 +1,12 @@
 """Training data: the pipeline's WebDataset shards as an endless, deterministic batch stream.
 
-Epoch e visits the shards in an order drawn from (seed, e), the same on every rank, and rank r
-reads every world-th of them; a seeded shuffle buffer mixes samples. Every random choice (the
-order, the buffer, each crop) comes from the seed, the epoch and the position in the epoch, so
-the stream is a pure function of them and a run resumes exactly by replaying its position.
-Images are decoded with Pillow (any mode, transparency onto white, as the pipeline does),
-cropped and normalised with numpy; a sample that cannot be decoded is skipped and counted.
+webdataset reads the tars; epoch e visits the shards in an order drawn from (seed, e), the
+same on every rank, split by rank and by DataLoader worker; a seeded buffer shuffles samples.
+Every random choice (the order, the buffer, each crop) comes from the seed, the epoch and the
+position in the epoch, so the stream is a pure function of them and a run resumes exactly,
+mid-epoch, by replaying its position. Images are decoded with Pillow (any mode, transparency
+onto white, as the pipeline does), cropped and normalised with numpy; undecodable samples and
+unreadable shards are skipped, logged at a limited rate and counted.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import hashlib
 import io
 import itertools
 import logging
+import math
+import os
 import random
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from queue import Queue
 
 import numpy as np
@@ -26,12 +29,16 @@ import torch
 import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.imaging import to_rgb
 
 log = logging.getLogger(__name__)
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+CROP_SCALE = (0.6, 1.0)  # the share of the image's area a training crop keeps
+Texts = list[str] | torch.Tensor  # captions, or their (B, T) tokens
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -72,7 +79,7 @@ def preprocess_eval(image: Image.Image, image_size: int) -> torch.Tensor:
 
 
 def random_resized_crop(
-    image: Image.Image, size: int, rng: random.Random, scale=(0.6, 1.0)
+    image: Image.Image, size: int, rng: random.Random, scale=CROP_SCALE
 ) -> torch.Tensor:
     """A random crop of `scale` of the area, aspect 3/4..4/3, resized to (3, size, size)."""
     image = to_rgb(image)
@@ -90,36 +97,93 @@ def random_resized_crop(
 
 @dataclass
 class DataState:
-    """Where the stream is: the epoch and how many samples of it were consumed."""
+    """Where one lane of a rank's stream is: its epoch, the samples of that epoch consumed, and
+    the samples (undecodable) and read errors (unreadable shards) skipped so far."""
 
     epoch: int = 0
     consumed: int = 0
+    skipped: int = 0
+    read_errors: int = 0
 
 
-class ShardStream:
-    """Endless batches of (images (B,3,S,S), captions list[str]) for one rank."""
+def _log_limited(count: int, message: str, *args: object) -> None:
+    """The first ten, then every thousandth: a corrupt corpus must not flood the log."""
+    if count <= 10 or count % 1000 == 0:
+        log.warning(message, *args)
+
+
+class ShardStream(IterableDataset):
+    """Endless, deterministic batches of (images (B,3,S,S), captions or tokens) for one rank.
+
+    The rank's share is read by `workers` lanes (DataLoader worker processes; 0 = one lane in
+    a background thread). Epoch e orders the shards by (seed, e), the same on every rank,
+    shuffled or, with `resample`, drawn with replacement; lane l of rank r reads every
+    (world x lanes)-th shard from r x lanes + l, or, with fewer shards than lanes, every such
+    sample of all of them. The DataLoader serves the lanes round-robin, so the batch order
+    and each lane's position (`lanes`, `served`) say exactly where the stream is.
+    """
 
     def __init__(self, pattern: str, batch_size: int, image_size: int, seed: int = 0,
-                 rank: int = 0, world: int = 1, shuffle_buffer: int = 1000):  # fmt: skip
+                 rank: int = 0, world: int = 1, shuffle_buffer: int = 1000, workers: int = 0,
+                 resample: bool = False,
+                 tokenizer: Callable[[list[str]], torch.Tensor] | None = None):  # fmt: skip
         self.shards = expand_shards(pattern)
         self.batch_size, self.image_size, self.seed = batch_size, image_size, seed
         self.rank, self.world, self.shuffle_buffer = rank, world, shuffle_buffer
-        self.state = DataState()
-        self.skipped = 0
+        self.workers, self.resample, self.tokenizer = workers, resample, tokenizer
+        self.lanes = [DataState() for _ in range(max(1, workers))]
+        self.served = 0  # batches handed to the training loop
 
-    def _shards_for(self, epoch: int) -> list[str]:
-        order = list(self.shards)
-        random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
-        mine = order[self.rank :: self.world]
-        return mine or order[self.rank % len(order) :: len(order)]
+    @property
+    def skipped(self) -> int:
+        return sum(lane.skipped for lane in self.lanes)
 
-    def _samples(self, epoch: int) -> Iterator[dict]:
-        """The epoch's raw samples in their shuffled order (unreadable shards are skipped)."""
-        reader = wds.WebDataset(self._shards_for(epoch), shardshuffle=False, empty_check=False,
-                                handler=self._skip_shard, nodesplitter=_already_split,
-                                workersplitter=_already_split)  # fmt: skip
-        rng, buffer = random.Random(_seed(self.seed, "buffer", epoch, self.rank)), []
-        for sample in reader:
+    @property
+    def read_errors(self) -> int:
+        return sum(lane.read_errors for lane in self.lanes)
+
+    def position(self) -> dict:
+        """What a checkpoint stores to resume this rank's stream after the last served batch."""
+        return {"lanes": [asdict(lane) for lane in self.lanes], "served": self.served}
+
+    def restore(self, position: dict) -> None:
+        if len(position["lanes"]) != len(self.lanes):
+            raise ValueError(f"the checkpoint's stream had {len(position['lanes'])} lanes per "
+                             f"rank: resume with --workers {len(position['lanes'])}")  # fmt: skip
+        self.lanes = [DataState(**lane) for lane in position["lanes"]]
+        self.served = position["served"]
+
+    def _plan(self, lane: int, epoch: int) -> tuple[list[str], int, int]:
+        """The lane's shards in epoch `epoch`, and which of their samples it keeps (i % n == k)."""
+        rng = random.Random(_seed(self.seed, "shards", epoch))
+        if self.resample:
+            order = rng.choices(self.shards, k=len(self.shards))
+        else:
+            order = rng.sample(self.shards, len(self.shards))
+        index, total = self.rank * len(self.lanes) + lane, self.world * len(self.lanes)
+        if len(order) >= total:
+            return order[index::total], 1, 0
+        return order, total, index
+
+    def _samples(self, lane: int, state: DataState) -> Iterator[dict]:
+        """The lane's raw samples of `state.epoch` in their shuffled order."""
+
+        def read_error(exc: Exception) -> bool:
+            state.read_errors += 1
+            _log_limited(state.read_errors, "skipping unreadable shard data (%d so far): %s",
+                         state.read_errors, exc)  # fmt: skip
+            return True
+
+        shards, every, keep = self._plan(lane, state.epoch)
+        reader = wds.WebDataset(
+            shards, shardshuffle=False, empty_check=False, handler=read_error,
+            nodesplitter=_already_split, workersplitter=_already_split,
+        )  # fmt: skip
+        rng = random.Random(_seed(self.seed, "buffer", state.epoch, self.rank, lane))
+        buffer: list[dict] = []
+        for index, sample in enumerate(reader):
+            if index % every != keep:
+                continue
             buffer.append(sample)
             if len(buffer) >= self.shuffle_buffer:
                 yield buffer.pop(rng.randrange(len(buffer)))
@@ -127,52 +191,76 @@ class ShardStream:
         yield from buffer
 
     def captions(self, limit: int) -> list[str]:
-        """The first `limit` captions of epoch 0's order (what the tokenizer is trained on)."""
-        samples = itertools.islice(self._samples(0), limit)
-        return [sample["txt"].decode("utf-8", "replace") for sample in samples]
+        """The first `limit` captions of lane 0's first epoch (what the tokenizer learns from)."""
+        samples = itertools.islice(self._samples(0, DataState()), limit)
+        return [sample["txt"].decode("utf-8", "replace") for sample in samples if "txt" in sample]
 
-    def _skip_shard(self, exc: Exception) -> bool:
-        self.skipped += 1
-        log.warning("skipping an unreadable shard or sample: %s", exc)
-        return True
-
-    def _decode(self, sample: dict, position: int) -> tuple[torch.Tensor, str] | None:
+    def _decode(self, sample: dict, lane: int, state: DataState, position: int):
         try:
-            image = Image.open(io.BytesIO(sample["jpg"]))
-            image.load()
+            data = next(sample[k] for k in IMAGE_KEYS if k in sample)
             caption = sample["txt"].decode("utf-8")
+            image = Image.open(io.BytesIO(data))
+            # A JPEG decodes at 1/2, 1/4 or 1/8 scale for a fraction of the cost, as long as
+            # the smallest crop still has `image_size` pixels a side.
+            image.draft(None, (math.ceil(self.image_size / CROP_SCALE[0] ** 0.5),) * 2)
+            rng = random.Random(_seed(self.seed, "crop", state.epoch, self.rank, lane, position))
+            return random_resized_crop(image, self.image_size, rng), caption
         except Exception as exc:  # a corrupt sample costs itself, never the run
-            self.skipped += 1
-            if self.skipped <= 10 or self.skipped % 1000 == 0:
-                log.warning(
-                    "skipped sample %s (%d so far): %s", sample.get("__key__"), self.skipped, exc
-                )
+            state.skipped += 1
+            _log_limited(state.skipped, "skipped sample %s (%d so far): %r",
+                         sample.get("__key__"), state.skipped, exc)  # fmt: skip
             return None
-        rng = random.Random(_seed(self.seed, "crop", self.state.epoch, self.rank, position))
-        return random_resized_crop(image, self.image_size, rng), caption
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str], DataState]]:
-        """Batches with the stream position right after each (what a checkpoint stores)."""
-        images, captions = [], []
+    def lane_batches(self, lane: int) -> Iterator[tuple]:
+        """One lane's batches (images, captions or tokens, lane, the lane's position after)."""
+        state = DataState(**asdict(self.lanes[lane]))
+        images, captions, empty_epochs = [], [], 0
         while True:
-            epoch, start = self.state.epoch, self.state.consumed
-            produced = 0
-            for position, sample in enumerate(self._samples(epoch)):
+            start, decoded_any = state.consumed, False
+            counted, replaying = state.read_errors, start > 0
+            for position, sample in enumerate(self._samples(lane, state)):
                 if position < start:
                     continue  # replaying a resumed position: no decoding
-                decoded = self._decode(sample, position)
-                self.state.consumed = position + 1
-                produced += 1
-                if decoded is None:
-                    continue
-                images.append(decoded[0])
-                captions.append(decoded[1])
+                if replaying:  # the replayed reads' errors were counted before the checkpoint
+                    state.read_errors, replaying = counted, False
+                decoded = self._decode(sample, lane, state, position)
+                state.consumed = position + 1
+                if decoded is not None:
+                    images.append(decoded[0])
+                    captions.append(decoded[1])
+                    decoded_any = True
                 if len(images) == self.batch_size:
-                    yield torch.stack(images), captions, DataState(**vars(self.state))
+                    # Tokenized here, in the worker: at GPU batch sizes it costs milliseconds.
+                    texts = self.tokenizer(captions) if self.tokenizer else captions
+                    yield torch.stack(images), texts, lane, DataState(**asdict(state))
                     images, captions = [], []
-            if produced == 0 and start == 0:
-                raise RuntimeError("the shards hold no readable sample")
-            self.state = DataState(epoch + 1, 0)
+            if replaying:
+                state.read_errors = counted
+            empty_epochs = 0 if decoded_any or start else empty_epochs + 1
+            if empty_epochs > len(self.shards):  # every epoch draws other shards: none reads
+                raise RuntimeError(f"lane {lane} of rank {self.rank} reads no sample")
+            state = DataState(state.epoch + 1, 0, state.skipped, state.read_errors)
+
+    def __iter__(self) -> Iterator[tuple]:
+        """In a DataLoader worker: the lane that worker serves (rotated to resume in turn)."""
+        info = get_worker_info()
+        physical = info.id if info else 0
+        yield from self.lane_batches((physical + self.served) % len(self.lanes))
+
+    def batches(self, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, Texts]]:
+        """(images (B,3,S,S), captions, or (B,T) tokens with a tokenizer) in order; each lane's
+        position advances as its batch is handed out."""
+        if self.workers:
+            # Forked workers tokenize in parallel already; tokenizers' own threads would warn.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            source = DataLoader(self, batch_size=None, num_workers=self.workers, prefetch_factor=4,
+                                pin_memory=pin_memory)  # fmt: skip
+        else:
+            source = prefetch(self.lane_batches(0))
+        for images, captions, lane, state in source:
+            self.lanes[lane] = state
+            self.served += 1
+            yield images, captions
 
 
 def prefetch(batches: Iterator, depth: int = 2) -> Iterator:

@@ -51,35 +51,54 @@ CONFIGS = {
 }  # fmt: skip
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention`, which picks a fused
+    kernel (flash attention on recent GPUs; `is_causal` keeps the text tower eligible)."""
+
+    def __init__(self, width: int, heads: int, causal: bool):
+        super().__init__()
+        self.heads, self.causal = heads, causal
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.heads, c // self.heads)  # (B, T, 3, H, C/H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, C/H)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, C/H)
+        return self.out(y.transpose(1, 2).reshape(b, t, c))  # (B, T, C)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, causal: bool):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attn = Attention(width, heads, causal)
         self.ln_2 = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.ln_1(x)  # (B, T, C)
-        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))  # (B, T, C)
         return x + self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, checkpointed: bool):
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, causal: bool,
+                 checkpointed: bool):  # fmt: skip
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, causal) for _ in range(layers))
         self.checkpointed = checkpointed
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             if self.checkpointed and self.training:
-                x = checkpoint(block, x, mask, use_reentrant=False)
+                # Recompute the block's activations in backward instead of keeping them.
+                x = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, mask)
+                x = block(x)
         return x
 
 
@@ -92,9 +111,8 @@ class VisionTower(nn.Module):
         self.cls = nn.Parameter(scale * torch.randn(c.vision_width))
         self.pos = nn.Parameter(scale * torch.randn(patches + 1, c.vision_width))
         self.ln_pre = nn.LayerNorm(c.vision_width)
-        self.transformer = Transformer(
-            c.vision_width, c.vision_layers, c.vision_heads, c.mlp_ratio, c.grad_checkpointing
-        )
+        self.transformer = Transformer(c.vision_width, c.vision_layers, c.vision_heads,
+                                       c.mlp_ratio, False, c.grad_checkpointing)  # fmt: skip
         self.ln_post = nn.LayerNorm(c.vision_width)
         self.proj = nn.Linear(c.vision_width, c.embed_dim, bias=False)
 
@@ -112,17 +130,15 @@ class TextTower(nn.Module):
         self.token = nn.Embedding(c.vocab_size, c.text_width)
         self.pos = nn.Parameter(0.01 * torch.randn(c.context_length, c.text_width))
         self.transformer = Transformer(
-            c.text_width, c.text_layers, c.text_heads, c.mlp_ratio, c.grad_checkpointing
+            c.text_width, c.text_layers, c.text_heads, c.mlp_ratio, True, c.grad_checkpointing
         )
         self.ln_final = nn.LayerNorm(c.text_width)
         self.proj = nn.Linear(c.text_width, c.embed_dim, bias=False)
-        causal = torch.full((c.context_length, c.context_length), float("-inf")).triu(1)
-        self.register_buffer("causal", causal, persistent=False)
 
     def forward(self, tokens: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]
         x = self.token(tokens) + self.pos[:t]  # (B, T, C)
-        x = self.ln_final(self.transformer(x, self.causal[:t, :t]))
+        x = self.ln_final(self.transformer(x))  # causal: a token sees only those before it
         pooled = x[torch.arange(x.shape[0], device=x.device), eot_positions]  # (B, C)
         return self.proj(pooled)  # (B, D)
 
@@ -147,6 +163,9 @@ class CLIP(nn.Module):
         return F.normalize(self.text(tokens, eot), dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        # The clamp keeps the logit scale at or under 100, as CLIP does.
+        """Normalised (B, D) image and text features, the logit scale and (SigLIP) bias.
+
+        The clamp keeps the logit scale at or under 100, as CLIP does.
+        """
         scale = self.logit_scale.clamp(max=math.log(100)).exp()
-        return self.encode_image(images), self.encode_text(tokens), scale
+        return self.encode_image(images), self.encode_text(tokens), scale, self.logit_bias
