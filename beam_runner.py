@@ -17,6 +17,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from filters import options as filter_options
 from filters.image_size import ImageSizeConfig
 from manifests.readers import FORMATS, InputSpec
+from pipeline import balance as balance_options
+from pipeline import dedup as dedup_options
 from pipeline.crawl import CrawlConfig
 from pipeline.fetch import USER_AGENT, FetchPolicy
 from pipeline.graph import PipelineConfig, build
@@ -88,6 +90,8 @@ def make_parser() -> argparse.ArgumentParser:
         help="comma-separated CIDRs allowed although not public, e.g. 127.0.0.0/8",
     )
     filter_options.add_arguments(parser)
+    dedup_options.add_arguments(parser)
+    balance_options.add_arguments(parser)
     return parser
 
 
@@ -129,6 +133,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         resume=args.resume,
         keep_crawl_cache=args.keep_crawl_cache,
         filters=filter_options.config_from_args(args),
+        dedup=dedup_options.config_from_args(args),
+        balance=balance_options.config_from_args(args),
     )
 
 

@@ -26,7 +26,7 @@ COLORS = {
 }
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "stripes")
 BACKGROUNDS = ("grey", "sand", "sky")
-_BACKGROUND_RGB = {"grey": (128, 128, 128), "sand": (200, 180, 140), "sky": (150, 200, 240)}
+BACKGROUND_RGB = {"grey": (128, 128, 128), "sand": (200, 180, 140), "sky": (150, 200, 240)}
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,28 @@ class SyntheticImage:
     height: int
 
 
-def draw_shape(shape: str, color: str, background: str, size: tuple[int, int]) -> Image.Image:
-    """An RGB image of one shape centred on a plain background."""
+def draw_shape(
+    shape: str,
+    color: str,
+    background: str | Image.Image,
+    size: tuple[int, int],
+    center: tuple[float, float] = (0.5, 0.5),
+    scale: float = 0.375,
+) -> Image.Image:
+    """An RGB image of one shape on a plain background (or drawn onto a given canvas).
+
+    `center` is the shape's centre as fractions of the width and height, `scale` its radius as
+    a fraction of the shorter side.
+    """
     width, height = size
-    image = Image.new("RGB", size, _BACKGROUND_RGB[background])
+    if isinstance(background, Image.Image):
+        image = background
+    else:
+        image = Image.new("RGB", size, BACKGROUND_RGB[background])
     draw = ImageDraw.Draw(image)
     fill = COLORS[color]
     side = min(width, height)
-    cx, cy, r = width // 2, height // 2, side * 3 // 8
+    cx, cy, r = int(width * center[0]), int(height * center[1]), int(side * scale)
     box = (cx - r, cy - r, cx + r, cy + r)
     if shape == "circle":
         draw.ellipse(box, fill=fill)

@@ -13,9 +13,9 @@ import io
 import random
 from dataclasses import dataclass, field
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from demo.corpus import BACKGROUNDS, COLORS, SHAPES, draw_shape, encode
+from demo.corpus import BACKGROUND_RGB, BACKGROUNDS, COLORS, SHAPES, draw_shape, encode
 
 TEMPLATES = (  # every one judged English by langdetect for all 144 colour-shape-background mixes
     "a {color} {shape} on a {background} background",
@@ -105,9 +105,19 @@ def concept_weights(count: int, exponent: float) -> list[float]:
 
 
 def _draw(rng: random.Random, concept: str, min_side: int, max_side: int) -> Image.Image:
+    """The concept's shape, placed and sized at random over faint clutter, so that no two
+    pictures are near-duplicates of each other unless made so on purpose."""
     color, shape = concept.split(" ")
     size = (rng.randint(min_side, max_side), rng.randint(min_side, max_side))
-    return draw_shape(shape, color, rng.choice(BACKGROUNDS), size)
+    canvas = Image.new("RGB", size, BACKGROUND_RGB[rng.choice(BACKGROUNDS)])
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(rng.randint(4, 8)):
+        tone = rng.randint(90, 200)
+        x, y = rng.randrange(size[0]), rng.randrange(size[1])
+        end = (x + rng.randint(-size[0], size[0]) // 2, y + rng.randint(-size[1], size[1]) // 2)
+        draw.line((x, y, *end), fill=(tone, tone, tone), width=max(2, min(size) // 16))
+    center = (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7))
+    return draw_shape(shape, color, canvas, size, center, rng.uniform(0.22, 0.34))
 
 
 def _caption(rng: random.Random, concept: str) -> str:

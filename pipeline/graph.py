@@ -1,4 +1,5 @@
-"""The pipeline graph: read -> text filters -> crawl -> image filters -> score -> shard.
+"""The pipeline graph: read -> text filters -> URL dedup -> query match + balance with headroom
+-> crawl -> image filters -> image dedup -> score -> final balance -> shard.
 
 Every pair flows on to the manifest; each curation stage hands its stats to stats.json.
 
@@ -19,10 +20,14 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from filters.options import FiltersConfig
+from manifests import query_counts
 from manifests.io import ensure_writable_dir, join, match_files, read_bytes
+from manifests.query_list import load_queries
 from manifests.readers import InputSpec, check_columns
+from pipeline.balance import Balance, BalanceConfig, MatchQueries
 from pipeline.crawl import Crawl, CrawlConfig
 from pipeline.crawl_cache import CrawlCache, fingerprint
+from pipeline.dedup import DedupConfig, ImageDedup, UrlDedup
 from pipeline.filtering import ApplyFilters, ScoreFilter
 from pipeline.read import ReadPairs
 from pipeline.shard import WriteShards
@@ -40,6 +45,8 @@ class PipelineConfig:
     resume: bool = True
     keep_crawl_cache: bool = False
     filters: FiltersConfig | None = None
+    dedup: DedupConfig | None = field(default_factory=DedupConfig)
+    balance: BalanceConfig | None = None
 
 
 def run_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
@@ -50,10 +57,15 @@ def run_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
 
 
 def crawl_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
-    """Everything that determines crawl results, so a cached batch is never stale."""
+    """Everything that determines crawl results, so a cached batch is never stale: the crawl
+    settings and the text stages before it, which decide which pairs are downloaded at all."""
     crawl = dataclasses.asdict(config.crawl)
     crawl.pop("threads")
-    return fingerprint({"inputs": paths, "spec": dataclasses.asdict(config.spec), "crawl": crawl})
+    text = [dataclasses.asdict(step) for step in (config.filters or FiltersConfig()).text]
+    url_dedup = bool(config.dedup and config.dedup.exact)
+    balance = dataclasses.asdict(config.balance) if config.balance else None
+    settings = {"spec": dataclasses.asdict(config.spec), "crawl": crawl, "text_filters": text}
+    return fingerprint({"inputs": paths, **settings, "url_dedup": url_dedup, "balance": balance})
 
 
 def is_complete(output: str, run_id: str) -> bool:
@@ -69,7 +81,7 @@ def is_complete(output: str, run_id: str) -> bool:
 
 def _clear_outputs(output: str) -> None:
     """Remove a previous run's shards, manifest and stats: this run writes all of them anew."""
-    stale = [join(output, name) for name in ("shards", "manifest", "stats.json")]
+    stale = [join(output, name) for name in ("shards", "manifest", "balance", "stats.json")]
     existing = [path for path in stale if FileSystems.exists(path)]
     if existing:
         FileSystems.delete(existing)
@@ -86,6 +98,42 @@ class _Stages:
         if "stats" in out:
             self.stats[stats_key] = out["stats"]
         return out["pairs"]
+
+
+class _Balancer:
+    """The two balancing passes and the per-query count report they feed."""
+
+    def __init__(self, config: BalanceConfig, output: str):
+        self.config = config
+        self.folder = join(output, "balance")
+        self.size = len(load_queries(config.queries))  # a bad list fails before the run
+        self.before = None
+
+    def before_download(self, pairs, stages: _Stages):
+        pairs = stages.apply(pairs, "MatchQueries", MatchQueries(self.config), "balance_match")
+        if not self.config.headroom:
+            return pairs
+        limit = self.config.max_per_query * self.config.headroom
+        out = pairs | "PreBalance" >> Balance(self.config, self.size, limit, "pre")
+        stages.stats["balance_pre"], self.before = out["stats"], out["counts"]
+        return out["pairs"]
+
+    def after_curation(self, pairs, stages: _Stages):
+        config = self.config
+        out = pairs | "FinalBalance" >> Balance(config, self.size, config.max_per_query, "final")
+        stages.stats["balance_final"] = out["stats"]
+        before = beam.pvalue.AsSingleton(self.before) if self.before is not None else None
+        out["counts"] | "WriteQueryCounts" >> beam.Map(
+            _write_query_counts, before, config.queries, self.folder, config.max_per_query
+        )
+        return out["pairs"]
+
+
+def _write_query_counts(final: tuple, before: tuple | None, queries: str, folder: str, limit: int):
+    final_in, final_kept = final
+    pool, after_pre = before if before is not None else (final_in, final_in)
+    columns = {"pool": pool, "after_prebalance": after_pre, "final_in": final_in}
+    query_counts.write(folder, load_queries(queries), {**columns, "final_kept": final_kept}, limit)
 
 
 def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection | None:
@@ -111,12 +159,23 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
     filters = config.filters or FiltersConfig()
     if filters.text:
         pairs = stages.apply(pairs, "TextFilters", ApplyFilters(filters.text), "filters_text")
+    dedup = config.dedup
+    if dedup and dedup.exact:
+        pairs = stages.apply(pairs, "UrlDedup", UrlDedup(), "dedup_url")
+    balancer = _Balancer(config.balance, config.output) if config.balance else None
+    if balancer:
+        pairs = balancer.before_download(pairs, stages)
     crawl = dataclasses.replace(config.crawl, cache_folder=cache.folder)
     pairs = pairs | "Crawl" >> Crawl(crawl)
     if filters.image:
         pairs = stages.apply(pairs, "ImageFilters", ApplyFilters(filters.image), "filters_image")
+    if dedup:
+        image_dedup = ImageDedup(dataclasses.replace(dedup, eval_image=config.crawl.image))
+        pairs = stages.apply(pairs, "ImageDedup", image_dedup, "dedup_image")
     if filters.score:
         pairs = stages.apply(pairs, "ScoreFilter", ScoreFilter(filters.score), "score")
+    if balancer:
+        pairs = balancer.after_curation(pairs, stages)
     extra = {"fingerprint": run_id, "inputs": paths, "config": dataclasses.asdict(config)}
     stats = pairs | "Shard" >> WriteShards(
         config.output, config.samples_per_shard, input_rows, extra, stages.stats

@@ -16,6 +16,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert stats["status_counts"]["ok"] >= 80  # three quarters are clean pairs
     assert any(s.startswith("filtered:") for s in stats["status_counts"])  # noise was filtered
     assert any(s.startswith("error:") for s in stats["status_counts"])  # dead links were counted
+    assert stats["status_counts"]["dup:exact"] > 0  # repeated URLs were caught before download
+    exact_dups = stats["dedup_url"]["duplicates"] + stats["dedup_image"]["dup:exact"]
+    assert exact_dups == stats["status_counts"]["dup:exact"]
     rows = sum(
         pq.read_metadata(p).num_rows for p in (tmp_path / "crawl/manifest").glob("*.parquet")
     )

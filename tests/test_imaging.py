@@ -15,10 +15,12 @@ def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
     image.save(out, format=fmt, **kwargs)
     return out.getvalue()
 
+
 def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
 
 @pytest.mark.parametrize(
     ("mode", "size", "expected"),
@@ -38,6 +40,7 @@ def test_resize_modes(mode, size, expected):
     assert image.size == (out.width, out.height) == expected
     assert (out.original_width, out.original_height) == size
 
+
 def test_border_pads_black_around_the_image():
     image = decode(
         process_image(
@@ -47,6 +50,7 @@ def test_border_pads_black_around_the_image():
     assert image.getpixel((32, 2))[0] < 30  # padding above
     assert image.getpixel((32, 32))[0] > 220  # the image itself
 
+
 def test_center_crop_keeps_the_centre():
     image = Image.new("RGB", (300, 100), (0, 0, 255))
     image.paste((255, 0, 0), (100, 0, 200, 100))  # a red centre square, blue sides
@@ -54,10 +58,12 @@ def test_center_crop_keeps_the_centre():
     red, green, blue = out.getpixel((2, 16))
     assert red > 200 and blue < 60
 
+
 def test_transparency_is_composited_onto_white():
     rgba = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
     out = decode(process_image(encode(rgba, "PNG"), ImageConfig(32)).jpeg)
     assert min(out.getpixel((16, 16))) > 245
+
 
 def test_palette_with_transparency_onto_white():
     palette = Image.new("P", (100, 100), 0)
@@ -65,9 +71,11 @@ def test_palette_with_transparency_onto_white():
     out = decode(process_image(encode(palette, "GIF", transparency=0), ImageConfig(32)).jpeg)
     assert min(out.getpixel((16, 16))) > 245
 
+
 def test_greyscale_becomes_rgb():
     out = decode(process_image(encode(Image.new("L", (90, 90), 100)), ImageConfig(32)).jpeg)
     assert out.mode == "RGB"
+
 
 def test_exif_orientation_is_applied():
     image = Image.new("RGB", (200, 100), (255, 0, 0))
@@ -77,9 +85,11 @@ def test_exif_orientation_is_applied():
     assert (out.original_width, out.original_height) == (100, 200)
     assert (out.width, out.height) == (50, 100)
 
+
 def test_jpeg_draft_decoding_still_reaches_the_target_size():
     out = process_image(encode(Image.new("RGB", (4000, 3000), (9, 9, 9))), ImageConfig(256))
     assert (out.width, out.height) == (256, 256)
+
 
 def test_sha256_is_of_the_stored_bytes():
     import hashlib
@@ -87,22 +97,26 @@ def test_sha256_is_of_the_stored_bytes():
     out = process_image(encode(Image.new("RGB", (90, 90))), ImageConfig(32))
     assert out.sha256 == hashlib.sha256(out.jpeg).hexdigest()
 
+
 def test_corrupt_jpeg_is_a_decode_error():
     data = encode(Image.effect_noise((300, 300), 50).convert("RGB"))
     with pytest.raises(ImageError) as caught:
         process_image(data[: len(data) // 2], ImageConfig(32))
     assert caught.value.kind == "decode"
 
+
 def test_non_image_bytes():
     with pytest.raises(ImageError) as caught:
         process_image(b"<html>nope</html>", ImageConfig(32))
     assert caught.value.kind == "not_image"
+
 
 def test_pixel_cap_refuses_before_decoding():
     data = encode(Image.new("RGB", (2000, 2000)), "PNG")
     with pytest.raises(ImageError) as caught:
         process_image(data, ImageConfig(32, max_pixels=1_000_000))
     assert caught.value.kind == "decompression_bomb"
+
 
 def test_bomb_is_refused_without_allocating_its_pixels(server):
     import tracemalloc

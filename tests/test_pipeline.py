@@ -13,7 +13,9 @@ from PIL import Image
 
 import beam_runner
 
-COMMON = [
+COMMON = [  # dedup off: the synthetic shapes are near-duplicates of each other by design
+    "--dedup",
+    "none",
     "--allowed-networks",
     LOOPBACK,
     "--image-size",

@@ -1,0 +1,267 @@
+"""The query-balanced sampler: CLIP's construction as MetaCLIP reconstructed it.
+
+Each caption is matched against the query list (`pipeline.matching`); pairs that match no query
+become `unmatched`. The matches are counted per query with a global combine, and a pair is kept
+when, for any of its queries, a uniform draw falls under t / count of that query (queries with
+fewer than t matches keep all their pairs). The draw is a hash of (seed, pass, pair key, query
+id), so retries, runners and worker counts select the same pairs; dropped ones are
+`balanced_out`.
+
+It runs twice: before the download with headroom (t x h), which spares fetching the head
+queries' surplus, and after download, dedup and filters with t itself, on what survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import apache_beam as beam
+import numpy as np
+
+from manifests.query_list import load_queries
+from manifests.schema import Pair
+from pipeline.matching import QueryMatcher, TokenMatcher
+from pipeline.stats import CountEvents
+
+UNMATCHED = "unmatched"
+BALANCED_OUT = "balanced_out"
+_MATCH_BATCH = 1024  # captions matched in one pass
+MATCHERS = {"tokens": TokenMatcher, "aho-corasick": QueryMatcher}  # same results, see matching.py
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    queries: str  # a query list: one a line (or the builder's TSV), or MetaCLIP's metadata.json
+    max_per_query: int = 20_000  # t: the most pairs any one query keeps
+    seed: int = 0
+    headroom: float = 2.0  # h: the pass before download keeps t x h per query; 0 skips it
+    keep_unmatched: bool = False  # keep pairs that match no query (WIT's construction drops them)
+    fold_case: bool = False  # match case-insensitively (MetaCLIP's rule is case-sensitive)
+    matcher: str = "tokens"  # "tokens" (numpy n-gram lookup) or "aho-corasick" (pyahocorasick)
+
+    def __post_init__(self) -> None:
+        if self.matcher not in MATCHERS:
+            raise ValueError(f"matcher must be one of {sorted(MATCHERS)}, not {self.matcher!r}")
+        if self.max_per_query < 1:
+            raise ValueError(f"max_per_query must be at least 1, not {self.max_per_query}")
+        if self.headroom != 0 and self.headroom < 1:
+            raise ValueError(
+                f"headroom must be 0 (no pass before download) or >= 1, not {self.headroom}"
+            )
+
+
+def draw(seed: int, salt: str, key: str, query_id: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, salt, key, query id)."""
+    digest = hashlib.blake2b(f"{seed}:{salt}:{key}:{query_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def keep_probabilities(counts: np.ndarray, limit: float) -> np.ndarray:
+    """Per query: 1 when it has at most `limit` matches, else limit / count."""
+    return np.minimum(1.0, limit / np.maximum(counts, 1))
+
+
+def is_kept(pair: Pair, probabilities: np.ndarray, seed: int, salt: str) -> bool:
+    """MetaCLIP's rule: kept when any of the pair's queries draws it."""
+    chances = probabilities[list(pair.queries)]
+    if (chances >= 1.0).any():
+        return True
+    return any(
+        draw(seed, salt, pair.key, q) < p
+        for q, p in zip(pair.queries, chances.tolist(), strict=True)
+    )
+
+
+class QueryCounts(beam.CombineFn):
+    """Matches per query, as one int64 array over the query ids (4 MB at 500k queries), so the
+    global combine ships partial arrays rather than one record per match."""
+
+    def __init__(self, size: int):
+        self._size = size
+
+    def create_accumulator(self) -> np.ndarray:
+        return np.zeros(self._size, dtype=np.int64)
+
+    def add_input(self, acc: np.ndarray, query_ids: Sequence[int]) -> np.ndarray:
+        acc[list(query_ids)] += 1  # a pair lists each query once
+        return acc
+
+    def merge_accumulators(self, accs) -> np.ndarray:
+        total = self.create_accumulator()
+        for acc in accs:
+            total += acc
+        return total
+
+    def extract_output(self, acc: np.ndarray) -> np.ndarray:
+        return acc
+
+
+class _MatchFn(beam.DoFn):
+    """Sets each batch's matched query ids; the automaton is built once per worker."""
+
+    def __init__(self, config: BalanceConfig):
+        self._config = config
+
+    def setup(self) -> None:
+        matcher = MATCHERS[self._config.matcher]
+        self._matcher = matcher(load_queries(self._config.queries), self._config.fold_case)
+
+    def process(self, batch: list[Pair]):
+        found = self._matcher.match_batch([p.caption for p in batch])
+        for pair, ids in zip(batch, found, strict=True):
+            matched = replace(pair, queries=tuple(ids))
+            if ids or self._config.keep_unmatched:
+                yield matched
+            else:
+                yield matched.with_status(UNMATCHED, "the caption matches no query")
+
+
+class MatchQueries(beam.PTransform):
+    """Pairs in, the same pairs out with their matched query ids; no match: `unmatched`.
+    Stats: {"rows_in", "matched", "unmatched"} over the pairs that arrived ok."""
+
+    def __init__(self, config: BalanceConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, pairs):
+        passed = pairs | "NotOk" >> beam.Filter(lambda p: not p.is_ok)
+        matched = (
+            pairs
+            | "Ok" >> beam.Filter(lambda p: p.is_ok)
+            | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=_MATCH_BATCH)
+            | "Match" >> beam.ParDo(_MatchFn(self._config))
+        )
+        events = matched | "Events" >> beam.FlatMap(
+            lambda p: ["rows_in", "matched" if p.queries else UNMATCHED]
+        )
+        return {
+            "pairs": (passed, matched) | "Merge" >> beam.Flatten(),
+            "stats": events | "Stats" >> CountEvents(("rows_in", "matched", UNMATCHED), "balance"),
+        }
+
+
+class _SelectFn(beam.DoFn):
+    """Draws each matched ok pair; an event per pair decided here goes to the stats."""
+
+    EVENTS = "events"
+
+    def __init__(self, seed: int, salt: str):
+        self._seed, self._salt = seed, salt
+
+    def process(self, pair: Pair, probabilities: np.ndarray):
+        if not pair.is_ok or not pair.queries:
+            yield pair
+        elif is_kept(pair, probabilities, self._seed, self._salt):
+            yield beam.pvalue.TaggedOutput(self.EVENTS, "kept")
+            yield pair
+        else:
+            yield beam.pvalue.TaggedOutput(self.EVENTS, BALANCED_OUT)
+            yield pair.with_status(BALANCED_OUT, "not drawn for any of its queries")
+
+
+def _summary(counts_in: np.ndarray, counts_out: np.ndarray, limit: float) -> dict:
+    return {
+        "limit_per_query": limit,
+        "queries_matched": int((counts_in > 0).sum()),
+        "queries_over_limit": int((counts_in > limit).sum()),
+        "query_matches_in": int(counts_in.sum()),
+        "query_matches_out": int(counts_out.sum()),
+    }
+
+
+class Balance(beam.PTransform):
+    """One balancing pass over pairs whose query ids are set: count, then draw.
+
+    Returns {"pairs", "stats", "counts"}: stats count pairs in and out and queries over the
+    limit; counts is a singleton (per-query matches before, after) for the query-count report.
+    """
+
+    def __init__(self, config: BalanceConfig, size: int, limit: float, salt: str):
+        super().__init__()
+        self._config, self._size, self._limit, self._salt = config, size, limit, salt
+
+    def expand(self, pairs):
+        size, seed, salt, limit = self._size, self._config.seed, self._salt, self._limit
+        counted = lambda label, pcoll: (  # noqa: E731
+            pcoll
+            | f"{label}Ids" >> beam.FlatMap(lambda p: [p.queries] if p.is_ok and p.queries else [])
+            | f"{label}Count" >> beam.CombineGlobally(QueryCounts(size))
+        )
+        counts_in = counted("In", pairs)
+        probabilities = counts_in | "Probabilities" >> beam.Map(keep_probabilities, limit)
+        decided = pairs | "Select" >> beam.ParDo(
+            _SelectFn(seed, salt), beam.pvalue.AsSingleton(probabilities)
+        ).with_outputs(_SelectFn.EVENTS, main="pairs")
+        selected = decided["pairs"]
+        counts_out = counted("Out", selected)
+        counts = decided[_SelectFn.EVENTS] | "Stats" >> CountEvents(
+            ("kept", BALANCED_OUT), "balance"
+        )
+        stats = counts | "Summary" >> beam.Map(
+            lambda c, a, b: {"rows_in": c["kept"] + c[BALANCED_OUT], **c, **_summary(a, b, limit)},
+            beam.pvalue.AsSingleton(counts_in),
+            beam.pvalue.AsSingleton(counts_out),
+        )
+        both = counts_in | "Both" >> beam.Map(
+            lambda a, b: (a, b), beam.pvalue.AsSingleton(counts_out)
+        )
+        return {"pairs": selected, "stats": stats, "counts": both}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("query balancing (CLIP / MetaCLIP)")
+    group.add_argument(
+        "--queries",
+        metavar="PATH",
+        help="query list that turns balancing on: one query a line (or `python -m manifests.queries "
+        "build` output) or MetaCLIP's metadata.json",
+    )
+    group.add_argument(
+        "--max-per-query",
+        type=int,
+        default=BalanceConfig.max_per_query,
+        help=f"t: the most pairs any query keeps (default: {BalanceConfig.max_per_query})",
+    )
+    group.add_argument("--balance-seed", type=int, default=BalanceConfig.seed)
+    group.add_argument(
+        "--prebalance-headroom",
+        type=float,
+        default=BalanceConfig.headroom,
+        help="h: before download keep t x h per query, so failures and duplicates do not starve "
+        f"the tail; 0 balances only after download (default: {BalanceConfig.headroom})",
+    )
+    group.add_argument(
+        "--keep-unmatched",
+        action="store_true",
+        help="keep pairs whose caption matches no query (default: status unmatched)",
+    )
+    group.add_argument(
+        "--match-ignore-case",
+        action="store_true",
+        help="match captions to queries case-insensitively (default: case-sensitive, as MetaCLIP)",
+    )
+    group.add_argument(
+        "--query-matcher",
+        choices=sorted(MATCHERS),
+        default=BalanceConfig.matcher,
+        help="how captions are matched; both give MetaCLIP's matches, tokens is faster "
+        f"(default: {BalanceConfig.matcher})",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> BalanceConfig | None:
+    if not args.queries:
+        return None
+    return BalanceConfig(
+        queries=args.queries,
+        max_per_query=args.max_per_query,
+        seed=args.balance_seed,
+        headroom=args.prebalance_headroom,
+        keep_unmatched=args.keep_unmatched,
+        fold_case=args.match_ignore_case,
+        matcher=args.query_matcher,
+    )

@@ -1,0 +1,335 @@
+"""Dedup stages: exact URL dedup before the download, image dedup and decontamination after it.
+
+`UrlDedup` groups pairs by normalised URL; `ImageDedup` groups crawled images by a digest of
+their pixels (exact), then by 64-bit perceptual hash with locality-sensitive banding (near):
+each hash is split into bands, a GroupByKey per (band, bits) bucket finds candidates, which are
+compared by Hamming distance, and matches are unioned into groups. Evaluation images enter the
+same buckets, so decontamination costs no extra pass. In every group the smallest key survives,
+so the result is the same on any runner, whatever order it processed elements in.
+
+Every pair comes out once; pairs that arrive dropped pass untouched. Work is done on small
+tuples; the pairs (and their JPEGs) are shuffled once, to join them with the decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field, replace
+
+import apache_beam as beam
+from PIL import Image
+
+from manifests.schema import Pair, error
+from pipeline.dedup_groups import (
+    CONTAMINATED,
+    DUP_EXACT,
+    DUP_NEAR,
+    ExactGroup,
+    ResolveGroups,
+    Sig,
+    apply_decision,
+    bucket_entries,
+    compare_bucket,
+    exact_group,
+    node_decisions,
+    resolve_urls,
+)
+from pipeline.hashing import (
+    HASH_BITS,
+    HASH_FUNCTIONS,
+    band_keys,
+    band_layout,
+    eval_paths,
+    hash_image,
+    normalize_url,
+    read_eval_images,
+    to_hex,
+)
+from pipeline.imaging import ImageConfig, ImageError, process_image
+from pipeline.stats import CountEvents
+
+log = logging.getLogger(__name__)
+
+MODES = ("exact", "near")
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Which dedup steps run and how near is near."""
+
+    exact: bool = True  # repeated URLs (before download) and identical pixels (after)
+    near: bool = True  # perceptual-hash near-duplicates
+    threshold: int = 8  # Hamming bits (of 64) within which two images are near-duplicates
+    bands: int = 8  # LSH bands; bands > threshold guarantees every match is found
+    hash_name: str = "phash"  # an imagehash function: phash, dhash, ahash, whash
+    mirror: bool = False  # also match left-right mirrored copies (a second hash per image)
+    decontaminate: str | None = None  # eval images: folders, image files or .tar shards
+    eval_image: ImageConfig = field(default_factory=ImageConfig)  # the crawl's resize, for evals
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold < HASH_BITS:
+            raise ValueError(f"threshold must be in 0..{HASH_BITS - 1}, not {self.threshold}")
+        band_layout(self.bands)
+        if self.hash_name not in HASH_FUNCTIONS:
+            raise ValueError(f"hash {self.hash_name!r} is not one of {sorted(HASH_FUNCTIONS)}")
+
+
+# ---- exact URL dedup (before the download) ------------------------------------------------
+
+
+class UrlDedup(beam.PTransform):
+    """Pairs in, the same pairs out; repeated URLs (after `normalize_url`) become `dup:exact`.
+    Stats: {"rows": ok pairs considered, "duplicates": pairs dropped}."""
+
+    def expand(self, pairs):
+        dropped = pairs | "Dropped" >> beam.Filter(lambda p: not p.is_ok)
+        decided = (
+            pairs
+            | "Kept" >> beam.Filter(lambda p: p.is_ok)
+            | "KeyByUrl" >> beam.Map(lambda p: (normalize_url(p.url), p))
+            | "GroupByUrl" >> beam.GroupByKey()
+            | "Resolve" >> beam.FlatMapTuple(resolve_urls)
+        )
+        events = decided | "Events" >> beam.FlatMap(
+            lambda p: ["rows"] if p.is_ok else ["rows", "duplicates"]
+        )
+        return {
+            "pairs": (decided, dropped) | "Merge" >> beam.Flatten(),
+            "stats": events | "Stats" >> CountEvents(("rows", "duplicates"), "dedup_url"),
+        }
+
+
+# ---- image dedup (after the download) ------------------------------------------------------
+
+
+class _HashFn(beam.DoFn):
+    """Hash each kept image: the pair (with its `phash`) to the join, its Sig to the grouping;
+    pairs already dropped or without an image pass straight through."""
+
+    SIGS, HASHED, EVENTS = "sigs", "hashed", "events"
+
+    def __init__(self, config: DedupConfig):
+        self._config = config
+
+    def process(self, pair: Pair):
+        if not pair.is_ok:
+            yield pair
+            return
+        if pair.image is None:
+            yield beam.pvalue.TaggedOutput(self.EVENTS, "no_image")
+            yield pair
+            return
+        try:
+            hashes = hash_image(pair.image, self._config.hash_name, self._config.mirror)
+        except _UNREADABLE as exc:
+            yield beam.pvalue.TaggedOutput(self.EVENTS, "unreadable")
+            yield pair.with_status(error("decode"), f"dedup cannot decode image: {exc}")
+            return
+        yield beam.pvalue.TaggedOutput(self.EVENTS, "images")
+        sig = Sig(pair.key, hashes.digest, hashes.phash, hashes.mirror)
+        yield beam.pvalue.TaggedOutput(self.SIGS, sig)
+        yield beam.pvalue.TaggedOutput(
+            self.HASHED, (pair.key, replace(pair, phash=to_hex(sig.phash)))
+        )
+
+
+class _HashEvalFn(beam.DoFn):
+    """Eval images get the crawl's resize before hashing, so they look like training images."""
+
+    def __init__(self, config: DedupConfig):
+        self._config = config
+
+    def process(self, path: str):
+        for ident, data in read_eval_images(path):
+            try:
+                jpeg = process_image(data, self._config.eval_image).jpeg
+                value = hash_image(jpeg, self._config.hash_name, mirror=False).phash
+            except (ImageError, *_UNREADABLE) as exc:
+                log.warning("skipping unreadable evaluation image %s: %s", ident, exc)
+                yield beam.pvalue.TaggedOutput("events", "eval_unreadable")
+                continue
+            yield beam.pvalue.TaggedOutput("events", "eval_images")
+            yield ident, value
+
+
+# ---- the image dedup transform -------------------------------------------------------------
+
+IMAGE_STATS = (
+    "images",
+    "no_image",
+    "unreadable",
+    DUP_EXACT,
+    DUP_NEAR,
+    CONTAMINATED,
+    "eval_images",
+    "eval_unreadable",
+)
+
+
+class ImageDedup(beam.PTransform):
+    """Pairs in (after the crawl), the same pairs out: kept images with `phash` set, copies as
+    `dup:exact` / `dup:near` and eval near-duplicates as `contaminated`, `dup_of` naming the
+    kept key (or the evaluation image). Stats: counts of IMAGE_STATS."""
+
+    def __init__(self, config: DedupConfig):
+        super().__init__()
+        self._config = config
+        self._eval_paths = eval_paths(config.decontaminate) if config.decontaminate else []
+
+    def expand(self, pairs):
+        config = self._config
+        hashed = pairs | "Hash" >> beam.ParDo(_HashFn(config)).with_outputs(
+            _HashFn.SIGS, _HashFn.HASHED, _HashFn.EVENTS, main="passed"
+        )
+        sigs = hashed[_HashFn.SIGS]
+        if config.exact:
+            groups = (
+                sigs
+                | "KeyByPixels" >> beam.Map(lambda s: (s.digest, s))
+                | "GroupByPixels" >> beam.GroupByKey()
+                | "ExactGroups" >> beam.MapTuple(exact_group)
+            )
+        else:
+            groups = sigs | "Singletons" >> beam.Map(lambda s: ExactGroup(s.key, (), *s[2:]))
+        events = [hashed[_HashFn.EVENTS]]
+        decisions = self._decide(groups, events)
+        decided = (
+            {"pair": hashed[_HashFn.HASHED], "decision": decisions}
+            | "JoinDecisions" >> beam.CoGroupByKey()
+            | "Apply" >> beam.FlatMapTuple(apply_decision)
+        )
+        dropped = decisions | "DecisionEvents" >> beam.Map(lambda kd: kd[1].status)
+        merged = (hashed["passed"], decided) | "Merge" >> beam.Flatten()
+        stats = (
+            (*events, dropped)
+            | "MergeEvents" >> beam.Flatten()
+            | "Stats" >> CountEvents(IMAGE_STATS, "dedup_image")
+        )
+        return {"pairs": merged, "stats": stats}
+
+    def _decide(self, groups, events: list):
+        """(key, Decision) of every dropped hashed pair."""
+        config = self._config
+        if not (config.near or self._eval_paths):
+            return groups | "ExactDecisions" >> beam.FlatMap(
+                lambda g: node_decisions([g], None, near=False, threshold=config.threshold)
+            )
+        layout = band_layout(config.bands)
+        nodes = (
+            groups
+            | "KeyByHash" >> beam.Map(lambda g: (g.phash, g))
+            | "GroupByHash" >> beam.GroupByKey()
+            | "Listed" >> beam.MapTuple(lambda phash, gs: (phash, sorted(gs)))
+        )
+        entries = [
+            nodes
+            | "NodeBands"
+            >> beam.FlatMapTuple(lambda h, gs: bucket_entries(h, gs, layout, config.mirror))
+        ]
+        if self._eval_paths:
+            entries.append(self._eval_entries(nodes.pipeline, layout, events))
+        verdicts = (
+            entries
+            | "MergeEntries" >> beam.Flatten()
+            | "GroupByBand" >> beam.GroupByKey()
+            | "Compare"
+            >> beam.FlatMapTuple(
+                lambda _, es: compare_bucket(list(es), config.threshold, config.near)
+            )
+            | "Union" >> beam.CombineGlobally(ResolveGroups())
+            | "Verdicts" >> beam.FlatMap(lambda verdicts: sorted(verdicts.items()))
+        )
+        return (
+            {"node": nodes, "verdict": verdicts}
+            | "JoinVerdicts" >> beam.CoGroupByKey()
+            | "NodeDecisions"
+            >> beam.FlatMapTuple(
+                lambda _, joined: node_decisions(
+                    joined["node"][0],
+                    joined["verdict"][0] if joined["verdict"] else None,
+                    config.near,
+                    config.threshold,
+                )
+            )
+        )
+
+    def _eval_entries(self, pipeline, layout, events: list):
+        """LSH bucket entries of the evaluation images; their events go to `events`."""
+        evals = (
+            pipeline
+            | "EvalPaths" >> beam.Create(self._eval_paths)
+            | "Reshuffle" >> beam.Reshuffle()
+            | "HashEval"
+            >> beam.ParDo(_HashEvalFn(self._config)).with_outputs("events", main="hashes")
+        )
+        events.append(evals["events"])
+        return evals["hashes"] | "EvalBands" >> beam.FlatMapTuple(
+            lambda ident, value: (
+                (bucket, ("eval", ident, value)) for bucket in band_keys(value, layout)
+            )
+        )
+
+
+# ---- command line --------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("dedup and decontamination")
+    group.add_argument(
+        "--dedup",
+        default="exact,near",
+        help="comma list of exact (repeated URLs, identical pixels) and near (perceptual hash); "
+        "'none' switches dedup off (default: exact,near)",
+    )
+    group.add_argument(
+        "--near-dup-threshold",
+        type=int,
+        default=DedupConfig.threshold,
+        help="Hamming distance in bits (of 64) within which images are near-duplicates "
+        f"(default: {DedupConfig.threshold})",
+    )
+    group.add_argument(
+        "--near-dup-bands",
+        type=int,
+        default=DedupConfig.bands,
+        help="LSH bands the 64-bit hash is split into: more than the threshold finds every match, "
+        f"fewer make smaller buckets on huge corpora (default: {DedupConfig.bands})",
+    )
+    group.add_argument(
+        "--near-dup-hash",
+        choices=sorted(HASH_FUNCTIONS),
+        default=DedupConfig.hash_name,
+        help=f"perceptual hash function (default: {DedupConfig.hash_name})",
+    )
+    group.add_argument(
+        "--near-dup-mirror",
+        action="store_true",
+        help="also match left-right mirrored copies (hashes each image twice)",
+    )
+    group.add_argument(
+        "--decontaminate",
+        metavar="EVAL_DIR_OR_SHARDS",
+        help="drop images near-duplicate to these evaluation images: folders, files, globs or "
+        ".tar shards, comma-separated",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> DedupConfig | None:
+    """The DedupConfig of parsed `args`; None when dedup and decontamination are both off."""
+    modes = {m.strip() for m in args.dedup.split(",") if m.strip()} - {"none"}
+    unknown = modes - set(MODES)
+    if unknown:
+        raise ValueError(f"--dedup takes {', '.join(MODES)} or none, not {sorted(unknown)}")
+    if not modes and not args.decontaminate:
+        return None
+    return DedupConfig(
+        exact="exact" in modes,
+        near="near" in modes,
+        threshold=args.near_dup_threshold,
+        bands=args.near_dup_bands,
+        hash_name=args.near_dup_hash,
+        mirror=args.near_dup_mirror,
+        decontaminate=args.decontaminate,
+    )

@@ -1,0 +1,153 @@
+"""Grouping logic of the image dedup stage, unit-tested without Beam.
+
+Records are small tuples (never the pairs or their JPEGs): `Sig` per image, `ExactGroup` per
+set of identical pixels; a node is the exact groups that share one perceptual hash. LSH buckets
+yield matches between nodes (and evaluation images), `ResolveGroups` unions them, and
+`node_decisions` turns a node's verdict into a status per pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import NamedTuple
+
+import apache_beam as beam
+
+from manifests.schema import Pair
+from pipeline.hashing import Groups, band_keys, close_pairs
+
+DUP_EXACT = "dup:exact"
+DUP_NEAR = "dup:near"
+CONTAMINATED = "contaminated"
+
+
+class Sig(NamedTuple):
+    key: str
+    digest: str
+    phash: int
+    mirror: int | None
+
+
+class ExactGroup(NamedTuple):
+    """Pairs with identical pixels: the survivor `rep` (smallest key) and the others."""
+
+    rep: str
+    dups: tuple[str, ...]
+    phash: int
+    mirror: int | None
+
+
+class Decision(NamedTuple):
+    status: str
+    dup_of: str
+    message: str
+
+
+def resolve_urls(url: str, pairs: list[Pair]) -> list[Pair]:
+    """Keep the smallest key of pairs with the same normalised URL; the others are `dup:exact`."""
+    pairs = sorted(pairs, key=lambda p: p.key)
+    first = pairs[0].key
+    dups = [
+        replace(p.with_status(DUP_EXACT, f"same URL as {first}"), dup_of=first) for p in pairs[1:]
+    ]
+    return [pairs[0], *dups]
+
+
+def exact_group(_digest: str, sigs: list[Sig]) -> ExactGroup:
+    sigs = sorted(sigs)
+    first = sigs[0]
+    return ExactGroup(first.key, tuple(s.key for s in sigs[1:]), first.phash, first.mirror)
+
+
+def bucket_entries(phash: int, groups: list[ExactGroup], layout, mirror: bool):
+    """The LSH bucket entries of one node (the exact groups that share a perceptual hash)."""
+    key = min(g.rep for g in groups)
+    values = {phash}
+    if mirror:
+        values.add(min(groups).mirror)
+    for value in sorted(values):
+        for bucket in band_keys(value, layout):
+            yield bucket, ("node", phash, key, value)
+
+
+def compare_bucket(entries: list[tuple], threshold: int, near: bool):
+    """Matches in one bucket: ("edge", (phash, key, phash, key)) between nodes within
+    `threshold`, and ("hit", (phash, eval id)) for a node near an evaluation image."""
+    nodes = sorted({e[1:] for e in entries if e[0] == "node"})
+    evals = sorted({e[1:] for e in entries if e[0] == "eval"})
+    if near and len(nodes) > 1:
+        for i, j in close_pairs((n[2] for n in nodes), None, threshold):
+            a, b = nodes[i], nodes[j]
+            if a[0] != b[0]:
+                yield "edge", (a[0], a[1], b[0], b[1])
+    if nodes and evals:
+        for i, j in close_pairs((n[2] for n in nodes), (e[1] for e in evals), threshold):
+            yield "hit", (nodes[i][0], evals[j][0])
+
+
+class ResolveGroups(beam.CombineFn):
+    """Union the matches into groups: node phash -> (CONTAMINATED, eval id) or (DUP_NEAR,
+    smallest key of its group). Contaminated nodes are taken out before the union, so they
+    never bridge two clean groups. Holds the matches only, never every image."""
+
+    def create_accumulator(self):
+        return set(), {}
+
+    def add_input(self, acc, match):
+        edges, hits = acc
+        kind, payload = match
+        if kind == "edge":
+            edges.add(payload)
+        else:
+            phash, ident = payload
+            hits[phash] = min(ident, hits.get(phash, ident))
+        return acc
+
+    def merge_accumulators(self, accs):
+        edges, hits = set(), {}
+        for acc_edges, acc_hits in accs:
+            edges |= acc_edges
+            for phash, ident in acc_hits.items():
+                hits[phash] = min(ident, hits.get(phash, ident))
+        return edges, hits
+
+    def extract_output(self, acc) -> dict:
+        edges, hits = acc
+        groups = Groups()
+        for a, key_a, b, key_b in edges:
+            if a not in hits and b not in hits:
+                groups.add(a, key_a)
+                groups.add(b, key_b)
+                groups.union(a, b)
+        verdicts = {node: (DUP_NEAR, key) for node, key in groups.survivors().items()}
+        verdicts.update({node: (CONTAMINATED, ident) for node, ident in hits.items()})
+        return verdicts
+
+
+def node_decisions(groups: list[ExactGroup], verdict: tuple | None, near: bool, threshold: int):
+    """(key, Decision) for every dropped pair of one node, given its group's verdict."""
+    groups = sorted(groups)
+    if verdict and verdict[0] == CONTAMINATED:
+        message = f"near-duplicate of evaluation image {verdict[1]}"
+        for group in groups:
+            for key in (group.rep, *group.dups):
+                yield key, Decision(CONTAMINATED, verdict[1], message)
+        return
+    survivor = verdict[1] if verdict else groups[0].rep
+    for group in groups:
+        kept = group.rep == survivor or not near
+        if not kept:
+            message = f"within {threshold} bits of {survivor}"
+            yield group.rep, Decision(DUP_NEAR, survivor, message)
+        for key in group.dups:
+            target = group.rep if kept else survivor
+            yield key, Decision(DUP_EXACT, target, f"same pixels as {group.rep}")
+
+
+def apply_decision(_key: str, joined: dict) -> list[Pair]:
+    (pair,) = joined["pair"]
+    decisions = joined["decision"]
+    if not decisions:
+        return [pair]
+    (decision,) = decisions
+    return [replace(pair.with_status(decision.status, decision.message), dup_of=decision.dup_of)]
