@@ -2,8 +2,9 @@
 
 Builds the deterministic web-like corpus of `demo.webcorpus` (colour-shape concepts with a
 quarter of web noise), serves it on 127.0.0.1, runs `beam_runner` on its URL list with the
-text and image filters on, trains the `tiny` CLIP on the shards on CPU and evaluates it
-zero-shot on held-out images (a folder per concept under `OUTPUT/heldout/`).
+text and image filters, dedup, decontamination against the held-out images and query
+balancing on, trains the `tiny` CLIP on the shards on CPU, evaluates it zero-shot on held-out
+images (a folder per concept under `OUTPUT/heldout/`) and writes `OUTPUT/report.html`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import beam_runner
+from demo.corpus import COLORS, SHAPES
 from demo.server import CorpusServer
-from demo.webcorpus import build
+from demo.webcorpus import CONCEPTS, build
+from manifests.report import build_report
 from trainer.train import TrainConfig, train
 
 log = logging.getLogger("demo")
+
+
+def write_queries(path: Path) -> None:
+    """The demo's query list: every concept, colour and shape, as CLIP's list holds words and
+    bigrams. The head concepts' colour and shape words are matched by most captions."""
+    queries = [*CONCEPTS, *COLORS, *SHAPES]
+    path.write_text("\n".join(queries) + "\n")
 
 
 def write_heldout(heldout: list[tuple[bytes, str]], folder: Path) -> None:
@@ -42,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-steps", type=int, default=150, help="0 skips training")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-per-query", type=int, default=80, help="t of the balancing")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[1/4] building a corpus of {args.pairs} pairs", flush=True)
     corpus = build(args.pairs, seed=args.seed)
     write_heldout(corpus.heldout, out / "heldout")
+    write_queries(out / "queries.txt")
     with CorpusServer(corpus.images) as server:
         rows = [{"url": server.url(r["path"]), "caption": r["caption"]} for r in corpus.rows]
         pq.write_table(pa.Table.from_pylist(rows), out / "urls.parquet")
@@ -58,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
             "--input", str(out / "urls.parquet"), "--output", str(out / "crawl"),
             "--allowed-networks", "127.0.0.0/8", "--samples-per-shard", "1000",
             "--timeout", "2", "--filters", "lang,caption,image", "--min-side", "64",
-            "--no-resume",
+            "--queries", str(out / "queries.txt"), "--max-per-query", str(args.max_per_query),
+            "--decontaminate", str(out / "heldout"), "--no-resume",
         ])  # fmt: skip
     stats = json.loads((out / "crawl" / "stats.json").read_text())
     print(f"[2/4] crawled {stats['input_rows']} rows in {time.monotonic() - start:.1f}s")
@@ -72,7 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"held-out: {out / 'heldout'} ({len(corpus.heldout)} images, one folder per class)")
     if args.train_steps:
         stats["training"] = train_and_evaluate(out, args.train_steps, args.batch_size, args.seed)
+    train_dir = out / "train" if args.train_steps else None
+    report = build_report(out / "crawl", train_dir, out / "report.html")
     print(f"done in {time.monotonic() - start:.0f}s")
+    print(f"report:   {report}")
+    if args.train_steps:
+        training = stats["training"]
+        print(f"headline: {stats['status_counts'].get('ok', 0)} of {stats['input_rows']} pairs kept; "
+              f"zero-shot top-1 {training['zeroshot_top1']:.3f}, top-5 {training['zeroshot_top5']:.3f} "
+              f"(chance {1 / training['zeroshot_classes']:.3f})")  # fmt: skip
     return stats
 
 

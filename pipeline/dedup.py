@@ -14,7 +14,9 @@ tuples; the pairs (and their JPEGs) are shuffled once, to join them with the dec
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import zlib
 from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
@@ -156,6 +158,29 @@ class _HashEvalFn(beam.DoFn):
 
 # ---- the image dedup transform -------------------------------------------------------------
 
+EXAMPLE_GROUPS = 6
+
+
+def _stable_hash(key: str) -> int:
+    return zlib.crc32(key.encode())
+
+
+def example_thumbnail(key: str, joined: dict, groups: list[str]):
+    """(group, key, status, thumbnail JPEG) when this pair belongs to one of `groups`."""
+    (pair,) = joined["pair"]
+    decisions = joined["decision"]
+    decision = decisions[0] if decisions else None
+    group = decision.dup_of if decision and decision.status == DUP_NEAR else key
+    if group not in groups:
+        return
+    with Image.open(io.BytesIO(pair.image)) as image:
+        thumbnail = image.convert("RGB")
+        thumbnail.thumbnail((128, 128))
+        out = io.BytesIO()
+        thumbnail.save(out, format="JPEG", quality=85)
+    yield group, key, decision.status if decision else "ok", out.getvalue()
+
+
 IMAGE_STATS = (
     "images",
     "no_image",
@@ -195,11 +220,10 @@ class ImageDedup(beam.PTransform):
             groups = sigs | "Singletons" >> beam.Map(lambda s: ExactGroup(s.key, (), *s[2:]))
         events = [hashed[_HashFn.EVENTS]]
         decisions = self._decide(groups, events)
-        decided = (
-            {"pair": hashed[_HashFn.HASHED], "decision": decisions}
-            | "JoinDecisions" >> beam.CoGroupByKey()
-            | "Apply" >> beam.FlatMapTuple(apply_decision)
+        joined = {"pair": hashed[_HashFn.HASHED], "decision": decisions} | (
+            "JoinDecisions" >> beam.CoGroupByKey()
         )
+        decided = joined | "Apply" >> beam.FlatMapTuple(apply_decision)
         dropped = decisions | "DecisionEvents" >> beam.Map(lambda kd: kd[1].status)
         merged = (hashed["passed"], decided) | "Merge" >> beam.Flatten()
         stats = (
@@ -207,7 +231,7 @@ class ImageDedup(beam.PTransform):
             | "MergeEvents" >> beam.Flatten()
             | "Stats" >> CountEvents(IMAGE_STATS, "dedup_image")
         )
-        return {"pairs": merged, "stats": stats}
+        return {"pairs": merged, "stats": stats, "examples": _examples(decisions, joined)}
 
     def _decide(self, groups, events: list):
         """(key, Decision) of every dropped hashed pair."""
@@ -270,6 +294,21 @@ class ImageDedup(beam.PTransform):
                 (bucket, ("eval", ident, value)) for bucket in band_keys(value, layout)
             )
         )
+
+
+def _examples(decisions, joined):
+    """Thumbnails of a few near-duplicate groups (the survivor and its copies) for the report:
+    the groups whose survivor key hashes smallest, so every runner picks the same ones."""
+    groups = (
+        decisions
+        | "NearGroups"
+        >> beam.FlatMap(lambda kd: [kd[1].dup_of] if kd[1].status == DUP_NEAR else [])
+        | "DistinctGroups" >> beam.Distinct()
+        | "FirstGroups" >> beam.combiners.Top.Smallest(EXAMPLE_GROUPS, key=_stable_hash)
+    )
+    return joined | "Thumbnails" >> beam.FlatMap(
+        lambda item, chosen: example_thumbnail(*item, chosen), beam.pvalue.AsSingleton(groups)
+    )
 
 
 # ---- command line --------------------------------------------------------------------------

@@ -12,16 +12,19 @@ global counts), and the cache is removed once they are written, unless asked to 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 from dataclasses import dataclass, field
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from filters.options import FiltersConfig
 from manifests import query_counts
-from manifests.io import ensure_writable_dir, join, match_files, read_bytes
+from manifests.io import ensure_writable_dir, join, match_files, read_bytes, write_atomic
 from manifests.query_list import load_queries
 from manifests.readers import InputSpec, check_columns
 from pipeline.balance import Balance, BalanceConfig, MatchQueries
@@ -33,6 +36,7 @@ from pipeline.read import ReadPairs
 from pipeline.shard import WriteShards
 
 log = logging.getLogger(__name__)
+DEDUP_EXAMPLES = "dedup_examples.parquet"  # thumbnails of a few near-duplicate groups
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ def is_complete(output: str, run_id: str) -> bool:
 
 def _clear_outputs(output: str) -> None:
     """Remove a previous run's shards, manifest and stats: this run writes all of them anew."""
-    stale = [join(output, name) for name in ("shards", "manifest", "balance", "stats.json")]
+    names = ("shards", "manifest", "balance", DEDUP_EXAMPLES, "stats.json")
+    stale = [join(output, name) for name in names]
     existing = [path for path in stale if FileSystems.exists(path)]
     if existing:
         FileSystems.delete(existing)
@@ -129,6 +134,14 @@ class _Balancer:
         return out["pairs"]
 
 
+def _write_examples(rows: list[tuple], path: str) -> None:
+    names = ("group", "key", "status", "jpeg")
+    table = pa.table({name: [row[i] for row in sorted(rows)] for i, name in enumerate(names)})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    write_atomic(path, sink.getvalue())
+
+
 def _write_query_counts(final: tuple, before: tuple | None, queries: str, folder: str, limit: int):
     final_in, final_kept = final
     pool, after_pre = before if before is not None else (final_in, final_in)
@@ -171,7 +184,14 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
         pairs = stages.apply(pairs, "ImageFilters", ApplyFilters(filters.image), "filters_image")
     if dedup:
         image_dedup = ImageDedup(dataclasses.replace(dedup, eval_image=config.crawl.image))
-        pairs = stages.apply(pairs, "ImageDedup", image_dedup, "dedup_image")
+        out = pairs | "ImageDedup" >> image_dedup
+        pairs, stages.stats["dedup_image"] = out["pairs"], out["stats"]
+        examples = join(config.output, DEDUP_EXAMPLES)
+        (
+            out["examples"]
+            | "CollectExamples" >> beam.combiners.ToList()
+            | "WriteExamples" >> beam.Map(_write_examples, examples)
+        )
     if filters.score:
         pairs = stages.apply(pairs, "ScoreFilter", ScoreFilter(filters.score), "score")
     if balancer:

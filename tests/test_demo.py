@@ -7,6 +7,7 @@ import json
 import pyarrow.parquet as pq
 
 from demo.__main__ import main
+from manifests.report import funnel
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -33,4 +34,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         tmp_path / "train/curves.png"
     ).exists()
     assert len(list((tmp_path / "heldout").iterdir())) == 48  # one folder per concept
-    assert "stats:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stats:" in printed and f"report:   {tmp_path / 'report.html'}" in printed
+    page = (tmp_path / "report.html").read_text()
+    assert f"{stats['input_rows']:,} input rows, {stats['status_counts']['ok']:,} kept" in page
+    for status, count in stats["status_counts"].items():
+        assert f"<td>{status}</td><td>{count}</td>" in page
+    for name in ("funnel.png", "caption_lengths.png", "languages.png"):
+        assert (tmp_path / "report_files" / name).stat().st_size > 5000
+    assert (tmp_path / "crawl/balance/query_counts.png").exists()
+    stages = funnel(stats)
+    assert stages[-1]["out"] == stats["status_counts"]["ok"]  # every drop is in one stage
+    assert all(stage["dropped"] >= 0 for stage in stages)
+    assert "balance_final" in stats and stats["balance_match"]["rows_in"] > 0
