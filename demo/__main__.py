@@ -19,12 +19,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import beam_runner
+import recipe
 from demo.corpus import COLORS, SHAPES
 from demo.server import CorpusServer
 from demo.webcorpus import CONCEPTS, build
-from manifests.report import build_report
-from trainer.train import TrainConfig, train
 
 log = logging.getLogger("demo")
 
@@ -45,6 +43,9 @@ def write_heldout(heldout: list[tuple[bytes, str]], folder: Path) -> None:
         (target / f"{index:05d}.jpg").write_bytes(jpeg)
 
 
+RECIPE = Path(__file__).with_name("recipe.yaml")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="demo_out")
@@ -55,64 +56,59 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-per-query", type=int, default=80, help="t of the balancing")
     args = parser.parse_args(argv)
     out = Path(args.output)
+    shutil.rmtree(out / "crawl", ignore_errors=True)  # the demo always starts afresh
+    shutil.rmtree(out / "train", ignore_errors=True)
+    (out / "eval.json").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    steps = args.train_steps
+    overrides = [f"output={out}", f"crawl.max-per-query={args.max_per_query}",
+                 f"train.steps={steps}", f"train.batch-size={args.batch_size}",
+                 f"train.seed={args.seed}", f"train.warmup={max(1, steps // 10)}",
+                 f"train.eval-every={max(1, steps // 3)}", f"train.checkpoint-every={max(1, steps)}"]  # fmt: skip
 
     start = time.monotonic()
-    print(f"[1/4] building a corpus of {args.pairs} pairs", flush=True)
+    print(f"[1/5] building a corpus of {args.pairs} pairs", flush=True)
     corpus = build(args.pairs, seed=args.seed)
     write_heldout(corpus.heldout, out / "heldout")
     write_queries(out / "queries.txt")
     with CorpusServer(corpus.images) as server:
         rows = [{"url": server.url(r["path"]), "caption": r["caption"]} for r in corpus.rows]
         pq.write_table(pa.Table.from_pylist(rows), out / "urls.parquet")
-        print(f"[2/4] crawling {len(rows)} URLs served at {server.base_url}", flush=True)
-        beam_runner.run([
-            "--input", str(out / "urls.parquet"), "--output", str(out / "crawl"),
-            "--allowed-networks", "127.0.0.0/8", "--samples-per-shard", "1000",
-            "--timeout", "2", "--filters", "lang,caption,image", "--min-side", "64",
-            "--queries", str(out / "queries.txt"), "--max-per-query", str(args.max_per_query),
-            "--decontaminate", str(out / "heldout"), "--no-resume",
-        ])  # fmt: skip
+        print(
+            f"[2/5] crawling and curating {len(rows)} URLs served at {server.base_url}", flush=True
+        )
+        recipe.run(str(RECIPE), ("crawl",), overrides)
     stats = json.loads((out / "crawl" / "stats.json").read_text())
-    print(f"[2/4] crawled {stats['input_rows']} rows in {time.monotonic() - start:.1f}s")
+    print(
+        f"[2/5] crawled and curated {stats['input_rows']} rows in {time.monotonic() - start:.1f}s"
+    )
     for status, count in stats["status_counts"].items():
         print(f"  {status:34s} {count:6d}")
-    print(
-        f"shards:   {out / 'crawl' / 'shards'} ({len(stats['shards'])} tars, {stats['samples']} samples)"
-    )
+    shards = out / "crawl" / "shards"
+    print(f"shards:   {shards} ({len(stats['shards'])} tars, {stats['samples']} samples)")
     print(f"manifest: {out / 'crawl' / 'manifest'}")
     print(f"stats:    {out / 'crawl' / 'stats.json'}")
     print(f"held-out: {out / 'heldout'} ({len(corpus.heldout)} images, one folder per class)")
-    if args.train_steps:
-        stats["training"] = train_and_evaluate(out, args.train_steps, args.batch_size, args.seed)
-    train_dir = out / "train" if args.train_steps else None
-    report = build_report(out / "crawl", train_dir, out / "report.html")
-    print(f"done in {time.monotonic() - start:.0f}s")
-    print(f"report:   {report}")
-    if args.train_steps:
-        training = stats["training"]
+    if steps:
+        print(
+            f"[3/5] training the tiny CLIP for {steps} steps of {args.batch_size} on CPU",
+            flush=True,
+        )
+    done = recipe.run(str(RECIPE), ("train", "eval", "report") if steps else ("report",), overrides)
+    if steps:
+        stats["training"] = metrics = done["eval"]
+        print(f"[4/5] zero-shot on {metrics['zeroshot_images']} held-out images of "
+              f"{metrics['zeroshot_classes']} classes: top-1 {metrics['zeroshot_top1']:.3f}, "
+              f"top-5 {metrics['zeroshot_top5']:.3f}")  # fmt: skip
+        print(f"model:    {out / 'train' / 'checkpoints' / 'latest.pt'}")
+        print(f"curves:   {out / 'train' / 'curves.png'} (loss, zero-shot top-1)")
+    print(f"[5/5] done in {time.monotonic() - start:.0f}s")
+    print(f"report:   {done['report']}")
+    if steps:
         print(f"headline: {stats['status_counts'].get('ok', 0)} of {stats['input_rows']} pairs kept; "
-              f"zero-shot top-1 {training['zeroshot_top1']:.3f}, top-5 {training['zeroshot_top5']:.3f} "
-              f"(chance {1 / training['zeroshot_classes']:.3f})")  # fmt: skip
+              f"zero-shot top-1 {metrics['zeroshot_top1']:.3f}, top-5 {metrics['zeroshot_top5']:.3f} "
+              f"(chance {1 / metrics['zeroshot_classes']:.3f})")  # fmt: skip
     return stats
-
-
-def train_and_evaluate(out: Path, steps: int, batch_size: int, seed: int) -> dict:
-    """Train `tiny` on the demo's shards, then zero-shot on the held-out concepts."""
-    print(f"[3/4] training the tiny CLIP for {steps} steps of {batch_size} on CPU", flush=True)
-    config = TrainConfig(
-        shards=str(out / "crawl" / "shards" / "*.tar"), output=str(out / "train"), model="tiny",
-        batch_size=batch_size, steps=steps, warmup=max(1, steps // 10), seed=seed,
-        eval_folder=str(out / "heldout"), eval_every=max(1, steps // 3), checkpoint_every=steps,
-    )  # fmt: skip
-    result = train(config)
-    metrics = result["metrics"]
-    print(f"[4/4] zero-shot on {metrics['zeroshot_images']} held-out images of "
-          f"{metrics['zeroshot_classes']} classes (chance {1 / metrics['zeroshot_classes']:.3f}): "
-          f"top-1 {metrics['zeroshot_top1']:.3f}, top-5 {metrics['zeroshot_top5']:.3f}")  # fmt: skip
-    print(f"model:    {out / 'train' / 'checkpoints' / 'latest.pt'}")
-    print(f"curves:   {out / 'train' / 'curves.png'} (loss, zero-shot top-1)")
-    return {"final_loss": result["losses"][-1], **metrics}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import json
 
 import pyarrow.parquet as pq
 
-from demo.__main__ import main
+import recipe
+from demo.__main__ import RECIPE, main
 from manifests.report import funnel
 
 
@@ -47,3 +48,23 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert stages[-1]["out"] == stats["status_counts"]["ok"]  # every drop is in one stage
     assert all(stage["dropped"] >= 0 for stage in stages)
     assert "balance_final" in stats and stats["balance_match"]["rows_in"] > 0
+
+
+def test_recipe_skips_complete_steps_and_prints_the_torchrun_command(tmp_path, capsys):
+    main(["--output", str(tmp_path), "--pairs", "60", "--train-steps", "1", "--batch-size", "8"])
+    stats_file, checkpoint = tmp_path / "crawl/stats.json", tmp_path / "train/checkpoints/latest.pt"
+    before = (stats_file.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns)
+    overrides = [f"output={tmp_path}", "train.steps=1", "train.batch-size=8"]
+    done = recipe.run(str(RECIPE), recipe.STEPS, overrides)  # everything is already complete
+    assert (stats_file.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == before
+    assert done["eval"]["zeroshot_classes"] == 48
+    launch = ["launch.mode=torchrun", "launch.nnodes=4", "launch.nproc_per_node=8",
+              "launch.rdzv_endpoint=head:29500", "train.steps=500"]  # fmt: skip
+    capsys.readouterr()
+    done = recipe.run(str(RECIPE), ("train", "eval"), overrides + launch)
+    printed = capsys.readouterr().out
+    assert "train" not in done and "eval" not in done  # training is the cluster's job now
+    assert ("torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d "
+            "--rdzv_endpoint=head:29500 -m trainer train") in printed  # fmt: skip
+    assert f"--shards '{tmp_path}/crawl/shards/*.tar'" in printed
+    assert "--steps 500" in printed and "--resume latest" in printed
