@@ -4,7 +4,8 @@
 
 A recipe (YAML) names the output folder and each step's options:
 
-    output: runs/my-corpus          # crawl -> OUTPUT/crawl, train -> OUTPUT/train, ...
+    output: runs/my-corpus          # train -> OUTPUT/train, eval.json, report.html
+    crawl_output: gs://b/corpus     # optional; default OUTPUT/crawl (a runner's workers write it)
     crawl:                          # beam_runner options, flag names without the dashes
       input: gs://my-bucket/lists/*.parquet
       filters: lang,caption,image
@@ -82,9 +83,13 @@ def as_flags(options: dict) -> list[str]:
     return flags
 
 
-def crawl(recipe: dict) -> Path:
-    out = Path(recipe["output"]) / "crawl"
-    argv = ["--output", str(out), *as_flags(recipe["crawl"])]
+def crawl_output(recipe: dict) -> str:
+    return recipe.get("crawl_output") or str(Path(recipe["output"]) / "crawl")
+
+
+def crawl(recipe: dict) -> str:
+    out = crawl_output(recipe)
+    argv = ["--output", out, *as_flags(recipe["crawl"])]
     argv += [f"--{k}={v}" for k, v in (recipe.get("runner") or {}).items()]
     log.info("crawl: beam_runner %s", shlex.join(argv))
     if beam_runner.run(argv) is None:
@@ -94,7 +99,7 @@ def crawl(recipe: dict) -> Path:
 
 def train_options(recipe: dict) -> dict:
     out = Path(recipe["output"])
-    options = {"shards": str(out / "crawl" / "shards" / "*.tar"), "output": str(out / "train")}
+    options = {"shards": f"{crawl_output(recipe)}/shards/*.tar", "output": str(out / "train")}
     options.update({k.replace("_", "-"): v for k, v in (recipe.get("train") or {}).items()})
     if (recipe.get("eval") or {}).get("folder") and "eval-folder" not in options:
         options["eval-folder"] = recipe["eval"]["folder"]
@@ -163,7 +168,7 @@ def run(path: str, only: tuple[str, ...] = STEPS, overrides: list[str] = ()) -> 
     out = Path(recipe["output"])
     done: dict = {}
     if "crawl" in only:
-        done["crawl"] = str(crawl(recipe))
+        done["crawl"] = crawl(recipe)
     if "train" in only and recipe.get("train") is not None:
         if not train(recipe):
             return done
@@ -172,7 +177,13 @@ def run(path: str, only: tuple[str, ...] = STEPS, overrides: list[str] = ()) -> 
         done["eval"] = evaluate(recipe)
     if "report" in only:
         train_dir = out / "train" if (out / "train").exists() else None
-        done["report"] = str(build_report(out / "crawl", train_dir, out / "report.html"))
+        if "://" in crawl_output(recipe):
+            log.info(
+                "report: copy or mount %s, then python -m manifests.report", crawl_output(recipe)
+            )
+        else:
+            report = build_report(Path(crawl_output(recipe)), train_dir, out / "report.html")
+            done["report"] = str(report)
     return done
 
 
