@@ -28,7 +28,7 @@ from pipeline.stats import CountEvents
 
 UNMATCHED = "unmatched"
 BALANCED_OUT = "balanced_out"
-_MATCH_BATCH = 1024  # captions matched in one pass
+_MATCH_BATCH = 4096  # captions matched in one pass
 MATCHERS = {"tokens": TokenMatcher, "aho-corasick": QueryMatcher}  # same results, see matching.py
 
 

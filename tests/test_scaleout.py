@@ -6,6 +6,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -16,6 +17,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 from apache_beam.runners.portability.stager import Stager
+from conftest import LOOPBACK, write_list
 
 import beam_runner
 
@@ -45,6 +47,16 @@ OUR_ARGS = [
     "64",
     "--allowed-networks",
     "10.0.0.0/8",
+    "--queries",
+    "gs://bucket/metadata.json",
+    "--max-per-query",
+    "20000",
+    "--near-dup-threshold",
+    "6",
+    "--near-dup-bands",
+    "7",
+    "--decontaminate",
+    "gs://bucket/eval/*.tar",
 ]
 
 
@@ -89,3 +101,28 @@ def test_pipeline_config_survives_beams_pickler():
     assert config.crawl.image.image_size == 224 and config.crawl.fetch.allowed_networks == (
         "10.0.0.0/8",
     )
+    assert config.balance.queries == "gs://bucket/metadata.json" and config.dedup.bands == 7
+
+
+def test_whole_graph_gives_the_same_outputs_with_two_worker_processes(tmp_path, server, corpus):
+    """Every stage on (filters, dedup, balancing): FnApiRunner with 2 processes writes the same
+    shards, manifests and per-query counts as the default runner."""
+    rows = [{"url": server.url(f"img/{image.name}?v={i}"), "caption": image.caption}
+            for i in range(3) for image in corpus]  # fmt: skip
+    path = write_list(tmp_path / "list.csv", rows, "csv")
+    queries = tmp_path / "queries.txt"
+    queries.write_text("red\nblue\ngreen\ncircle\nsquare\nbackground\n")
+    common = ["--input", str(path), "--allowed-networks", LOOPBACK, "--image-size", "64",
+              "--filters", "caption,image", "--min-side", "32", "--queries", str(queries),
+              "--max-per-query", "6", "--samples-per-shard", "8"]  # fmt: skip
+    beam_runner.run([*common, "--output", str(tmp_path / "one")])
+    beam_runner.run([*common, "--output", str(tmp_path / "two"), "--runner=FnApiRunner",
+                     "--direct_num_workers=2", "--direct_running_mode=multi_processing"])  # fmt: skip
+    one, two = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("one", "two"))
+    assert one["status_counts"] == two["status_counts"] and one["shards"] == two["shards"]
+    assert {"balanced_out", "dup:near", "ok"} <= set(one["status_counts"])
+    for name in [f"shards/{s}" for s in one["shards"]] + ["balance/query_counts.parquet"]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    manifests = [sorted(r for f in sorted((tmp_path / d / "manifest").glob("*.parquet"))
+                        for r in map(str, pq.read_table(f).to_pylist())) for d in ("one", "two")]  # fmt: skip
+    assert manifests[0] == manifests[1]
