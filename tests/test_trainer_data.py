@@ -116,3 +116,30 @@ def test_corrupt_samples_and_unreadable_shards_are_skipped_and_counted(tmp_path,
     resumed.restore(position)
     assert [c[0] for _, c in itertools.islice(resumed.batches(), 70)] == captions[30:]
     assert (resumed.skipped, resumed.read_errors) == (whole.skipped, whole.read_errors)
+
+
+def _captions(pattern: str, count: int) -> list[str]:
+    stream = ShardStream(pattern, batch_size=1, image_size=8, seed=1, shuffle_buffer=4)
+    return [caption for _, (caption,) in itertools.islice(stream.batches(), count)]
+
+
+def test_pipe_and_url_specs_read_the_same_samples_as_paths(tmp_path):
+    pattern = write_numbered_shards(tmp_path, shards=3, per_shard=5)
+    reference = _captions(pattern, 15)
+    assert sorted(reference) == sorted(f"sample {i}" for i in range(15))
+    piped = f"pipe:cat {pattern}"
+    assert expand_shards(piped) == [f"pipe:cat {tmp_path}/{i:05d}.tar" for i in range(3)]
+    assert _captions(piped, 15) == reference
+    assert _captions(f"file://{pattern}", 15) == reference
+    globbed = expand_shards(f"file://{tmp_path}/0000[0-2].tar")
+    assert globbed == [f"file://{tmp_path}/{i:05d}.tar" for i in range(3)]
+    assert _captions(",".join(globbed), 15) == reference
+
+
+def test_a_failing_pipe_counts_as_a_read_error(tmp_path):
+    write_numbered_shards(tmp_path / "good", shards=1, per_shard=6)
+    mixed = ShardStream(f"pipe:cat {tmp_path}/{{good/00000,missing}}.tar", batch_size=1,
+                        image_size=8, shuffle_buffer=1)  # fmt: skip
+    seen = [caption for _, (caption,) in itertools.islice(mixed.batches(), 12)]
+    assert sorted(set(seen)) == [f"sample {i}" for i in range(6)]  # epochs go on over the good one
+    assert mixed.read_errors >= 1  # cat's exit status 1 on the missing shard

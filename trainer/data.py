@@ -24,12 +24,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from queue import Queue
 
+import fsspec
 import numpy as np
 import torch
 import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen_schemes
 
 from pipeline.imaging import to_rgb
 
@@ -42,17 +44,39 @@ Texts = list[str] | torch.Tensor  # captions, or their (B, T) tokens
 
 
 def expand_shards(pattern: str) -> list[str]:
-    """Shard paths from brace patterns (`{00000..00009}`), globs and comma-separated lists."""
+    """Shard specs from brace patterns (`{00000..00009}`), globs and comma-separated lists.
+
+    A spec is a local path, an fsspec URL (`gs://`, `s3://`, `file://`, `https://`...; globs
+    expand through its filesystem) or a webdataset `pipe:COMMAND` (one pipe per shard after
+    brace expansion; commas inside a pipe command are kept).
+    """
+    parts = [pattern] if pattern.strip().startswith("pipe:") else pattern.split(",")
     paths: list[str] = []
-    for part in pattern.split(","):
+    for part in parts:
         for expanded in braceexpand(part.strip()):
-            matches = (
-                sorted(glob.glob(expanded)) if any(c in expanded for c in "*?[") else [expanded]
-            )
-            paths.extend(matches)
+            paths.extend(_matches(expanded))
     if not paths:
         raise FileNotFoundError(f"no shard matches {pattern!r}")
     return paths
+
+
+def _matches(spec: str) -> list[str]:
+    if spec.startswith("pipe:") or not any(c in spec for c in "*?["):
+        return [spec]
+    if "://" not in spec:
+        return sorted(glob.glob(spec))
+    filesystem, path = fsspec.core.url_to_fs(spec)
+    protocol = spec.split("://", 1)[0]
+    return [f"{protocol}://{found}" for found in sorted(filesystem.glob(path))]
+
+
+def _open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_):
+    """webdataset's opener for the URL schemes it has no handler of its own for (s3://, gcs://,
+    az://, hdfs://...): whatever fsspec can open."""
+    return fsspec.open(url, mode).open()
+
+
+gopen_schemes["__default__"] = _open_with_fsspec
 
 
 def _seed(*parts: object) -> int:
