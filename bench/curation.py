@@ -1,19 +1,20 @@
 """Does curation make a better CLIP? The same model, seed and steps on the raw and curated pools.
 
-    python bench/curation.py [--pairs 3000] [--steps 200] [--seeds 0,1]
+    python bench/curation.py [--corpus synthetic|real] [--pairs 3000] [--steps 200] [--seeds 0,1]
 
-The corpus is the demo's web-like one (`demo.webcorpus`: 48 colour-shape concepts under a Zipf
-head, a quarter of web noise: resized and recompressed copies, repeated URLs, French, German and
-Spanish captions, placeholder captions, tiny, broken and dead images), served on loopback.
+The corpus is the demo's (`--corpus synthetic`, `demo.webcorpus`: 48 colour-shape concepts
+under a Zipf head; `--corpus real`, `demo.realcorpus`: Noto emoji renders and Openclipart
+drawings, held-out Twemoji) with a quarter of web noise (resized and recompressed copies,
+repeated URLs, foreign, placeholder captions, tiny, broken and dead images), served on loopback.
 
 - raw: every pair that downloaded and decoded (no filters, no dedup, no balancing);
 - curated: the demo recipe's curation (caption, language and image filters, URL and image
   dedup, decontamination against the held-out images, query balancing with t = 80).
 
 Each pool trains the `tiny` CLIP for the same steps with the same seed, for every seed, and is
-evaluated on the same held-out set: zero-shot top-1/top-5 over 240 images of the 48 concepts
-named in English (never served), and image-text retrieval recall@1/5 over those images captioned
-"a photo of a {concept}". Prints one JSON line with every figure, and the means per pool.
+evaluated on the same held-out set, never served: zero-shot top-1/top-5 over the held-out images
+of concepts named in English (synthetic: 240 images of 48 concepts; real: 100 Twemoji of 100
+emoji), and image-text retrieval recall@1/5 over those images captioned "a photo of a {name}". Prints one JSON line with every figure, and the means per pool.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import beam_runner  # noqa: E402
-from demo.__main__ import write_heldout, write_queries  # noqa: E402
+from demo.__main__ import build_corpus, write_heldout, write_queries  # noqa: E402
 from demo.server import CorpusServer  # noqa: E402
-from demo.webcorpus import build  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
 from pipeline.shard import tar_bytes  # noqa: E402
 from trainer.train import TrainConfig, train  # noqa: E402
@@ -85,14 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--corpus", choices=("synthetic", "real"), default="synthetic")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="openwit-curation-"))
     try:
-        corpus = build(args.pairs, seed=0)
+        corpus = build_corpus(args.corpus, args.pairs, seed=0)
         write_heldout(corpus.heldout, work / "heldout")
         heldout_shard(corpus.heldout, work / "heldout.tar")
-        write_queries(work / "queries.txt")
+        write_queries(corpus.queries, work / "queries.txt")
         with CorpusServer(corpus.images) as server:
             rows = [{"url": server.url(r["path"]), "caption": r["caption"]} for r in corpus.rows]
             pq.write_table(pa.Table.from_pylist(rows), work / "urls.parquet")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                 "raw": crawl(work, "raw", RAW),
                 "curated": crawl(work, "curated", curated(work)),
             }
-        result = {"pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
+        result = {"corpus": args.corpus, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
                   "seeds": seeds, "samples": {p: s["samples"] for p, s in pools.items()}}  # fmt: skip
         for pool in pools:
             runs = [

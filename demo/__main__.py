@@ -20,18 +20,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import recipe
-from demo.corpus import COLORS, SHAPES
 from demo.server import CorpusServer
-from demo.webcorpus import CONCEPTS, build
+from demo.webcorpus import WebCorpus, build
 
 log = logging.getLogger("demo")
 
 
-def write_queries(path: Path) -> None:
-    """The demo's query list: every concept, colour and shape, as CLIP's list holds words and
-    bigrams. The head concepts' colour and shape words are matched by most captions."""
-    queries = [*CONCEPTS, *COLORS, *SHAPES]
+def write_queries(queries: list[str], path: Path) -> None:
     path.write_text("\n".join(queries) + "\n")
+
+
+def build_corpus(kind: str, pairs: int, seed: int) -> WebCorpus:
+    """The synthetic colour-shape corpus, or (`real`) emoji and clip art (demo.realcorpus)."""
+    if kind == "real":
+        from demo import realcorpus
+
+        return realcorpus.build(pairs, seed)
+    return build(pairs, seed=seed)
 
 
 def write_heldout(heldout: list[tuple[bytes, str]], folder: Path) -> None:
@@ -50,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="demo_out")
     parser.add_argument("--pairs", type=int, default=3000)
+    parser.add_argument("--corpus", choices=("synthetic", "real"), default="synthetic",
+                        help="real: emoji and clip art installed from the package registries "
+                        "(see demo/realcorpus.py)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-steps", type=int, default=150, help="0 skips training")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -67,10 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
                  f"train.eval-every={max(1, steps // 3)}", f"train.checkpoint-every={max(1, steps)}"]  # fmt: skip
 
     start = time.monotonic()
-    print(f"[1/5] building a corpus of {args.pairs} pairs", flush=True)
-    corpus = build(args.pairs, seed=args.seed)
+    print(f"[1/5] building a {args.corpus} corpus of {args.pairs} pairs", flush=True)
+    corpus = build_corpus(args.corpus, args.pairs, args.seed)
     write_heldout(corpus.heldout, out / "heldout")
-    write_queries(out / "queries.txt")
+    write_queries(corpus.queries, out / "queries.txt")
     with CorpusServer(corpus.images) as server:
         rows = [{"url": server.url(r["path"]), "caption": r["caption"]} for r in corpus.rows]
         pq.write_table(pa.Table.from_pylist(rows), out / "urls.parquet")

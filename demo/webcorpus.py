@@ -98,6 +98,7 @@ class WebCorpus:
     images: dict[str, bytes] = field(default_factory=dict)  # served under /img/NAME
     rows: list[dict] = field(default_factory=list)  # {"path", "caption", "kind", "concept"}
     heldout: list[tuple[bytes, str]] = field(default_factory=list)  # (JPEG, concept), never served
+    queries: list[str] = field(default_factory=list)  # the query list balancing matches against
 
 
 def concept_weights(count: int, exponent: float) -> list[float]:
@@ -133,6 +134,61 @@ def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
     return out.getvalue()
 
 
+def add_clean(corpus: WebCorpus, rng: random.Random, name: str, image: Image.Image,
+              caption: str, concept: str, copy_chance: float = 0.08) -> None:  # fmt: skip
+    """A clean row for `image`, and with `copy_chance` the same picture elsewhere, resized and
+    recompressed (a near-duplicate that dedup should catch)."""
+    corpus.images[name] = encode(image, "jpg")
+    corpus.rows.append({"path": f"img/{name}", "caption": caption, "kind": "clean",
+                        "concept": concept})  # fmt: skip
+    if rng.random() < copy_chance:
+        copy = name.replace(".jpg", "-copy.jpg")
+        scale = rng.uniform(0.5, 0.9)
+        size = (max(32, int(image.width * scale)), max(32, int(image.height * scale)))
+        corpus.images[copy] = _jpeg(image.resize(size), quality=rng.choice((40, 60, 75)))
+        corpus.rows.append({"path": f"img/{copy}", "caption": caption, "kind": "near_duplicate",
+                            "concept": concept})  # fmt: skip
+
+
+def add_noise(corpus: WebCorpus, rng: random.Random, count: int, foreign, tiny) -> None:
+    """`count` noise rows made from random clean rows: repeated URLs, foreign captions
+    (`foreign(row, rng) -> (caption, lang)`), placeholders, tiny images (`tiny(row, rng) ->
+    Image`), broken files, dead links and HTML pages, inserted at random places."""
+    noise_kinds = ("repeat_url", "foreign", "placeholder", "tiny", "broken", "dead", "html")
+    clean_rows = [r for r in corpus.rows if r["kind"] == "clean"]
+    for n in range(count):
+        kind = rng.choice(noise_kinds)
+        base = rng.choice(clean_rows)
+        row = {"path": base["path"], "caption": base["caption"], "kind": kind,
+               "concept": base["concept"]}  # fmt: skip
+        if kind == "foreign":
+            row["caption"], lang = foreign(base, rng)
+            row["kind"] = f"foreign_{lang}"
+        elif kind == "placeholder":
+            row["caption"] = rng.choice(PLACEHOLDERS).format(n=rng.randint(1, 99999))
+        elif kind == "tiny":
+            name = f"tiny-{n:05d}.jpg"
+            corpus.images[name] = _jpeg(tiny(base, rng))
+            row["path"] = f"img/{name}"
+        elif kind == "broken":
+            name = f"broken-{n:05d}.jpg"
+            data = corpus.images[base["path"].split("/", 1)[1]]
+            corpus.images[name] = data[: len(data) // 3]
+            row["path"] = f"img/{name}"
+        elif kind == "dead":
+            row["path"] = "status/404"
+        elif kind == "html":
+            row["path"] = "html"
+        corpus.rows.insert(rng.randrange(len(corpus.rows) + 1), row)
+
+
+def _foreign(row: dict, rng: random.Random) -> tuple[str, str]:
+    lang = rng.choice(sorted(TRANSLATIONS))
+    template, shapes, colors = TRANSLATIONS[lang]
+    color, shape = row["concept"].split(" ")
+    return template.format(shape=shapes[shape], color=colors[color]), lang
+
+
 def build(
     pairs: int = 2000,
     heldout_per_concept: int = 5,
@@ -146,69 +202,13 @@ def build(
     order = list(CONCEPTS)
     rng.shuffle(order)  # which concepts form the head is itself seeded
     weights = concept_weights(len(order), zipf)
-    corpus = WebCorpus()
-    clean = int(pairs * 0.75)
-    for index in range(clean):
+    corpus = WebCorpus(queries=[*CONCEPTS, *COLORS, *SHAPES])  # as CLIP's: bigrams and words
+    for index in range(int(pairs * 0.75)):
         concept = rng.choices(order, weights)[0]
-        name = f"{index:06d}.jpg"
         image = _draw(rng, concept, min_side, max_side)
-        corpus.images[name] = encode(image, "jpg")
-        corpus.rows.append(
-            {
-                "path": f"img/{name}",
-                "caption": _caption(rng, concept),
-                "kind": "clean",
-                "concept": concept,
-            }
-        )
-        if rng.random() < 0.08:  # the same picture elsewhere, resized and recompressed
-            copy = f"{index:06d}-copy.jpg"
-            scale = rng.uniform(0.5, 0.9)
-            resized = image.resize(
-                (max(32, int(image.width * scale)), max(32, int(image.height * scale)))
-            )
-            corpus.images[copy] = _jpeg(resized, quality=rng.choice((40, 60, 75)))
-            corpus.rows.append(
-                {
-                    "path": f"img/{copy}",
-                    "caption": _caption(rng, concept),
-                    "kind": "near_duplicate",
-                    "concept": concept,
-                }
-            )
-    noise_kinds = ("repeat_url", "foreign", "placeholder", "tiny", "broken", "dead", "html")
-    clean_rows = [r for r in corpus.rows if r["kind"] == "clean"]
-    for n in range(pairs - len(corpus.rows)):
-        kind = rng.choice(noise_kinds)
-        base = rng.choice(clean_rows)
-        row = {
-            "path": base["path"],
-            "caption": base["caption"],
-            "kind": kind,
-            "concept": base["concept"],
-        }
-        if kind == "foreign":
-            lang = rng.choice(sorted(TRANSLATIONS))
-            template, shapes, colors = TRANSLATIONS[lang]
-            color, shape = base["concept"].split(" ")
-            row["caption"] = template.format(shape=shapes[shape], color=colors[color])
-            row["kind"] = f"foreign_{lang}"
-        elif kind == "placeholder":
-            row["caption"] = rng.choice(PLACEHOLDERS).format(n=rng.randint(1, 99999))
-        elif kind == "tiny":
-            name = f"tiny-{n:05d}.jpg"
-            corpus.images[name] = _jpeg(_draw(rng, base["concept"], 12, 24))
-            row["path"] = f"img/{name}"
-        elif kind == "broken":
-            name = f"broken-{n:05d}.jpg"
-            data = corpus.images[base["path"].split("/", 1)[1]]
-            corpus.images[name] = data[: len(data) // 3]
-            row["path"] = f"img/{name}"
-        elif kind == "dead":
-            row["path"] = "status/404"
-        elif kind == "html":
-            row["path"] = "html"
-        corpus.rows.insert(rng.randrange(len(corpus.rows) + 1), row)
+        add_clean(corpus, rng, f"{index:06d}.jpg", image, _caption(rng, concept), concept)
+    tiny = lambda row, rng: _draw(rng, row["concept"], 12, 24)  # noqa: E731
+    add_noise(corpus, rng, pairs - len(corpus.rows), _foreign, tiny)
     for concept in CONCEPTS:
         for _ in range(heldout_per_concept):
             corpus.heldout.append((_jpeg(_draw(rng, concept, 96, 256)), concept))

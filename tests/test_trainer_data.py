@@ -12,7 +12,15 @@ import webdataset as wds
 from PIL import Image
 from trainer_helpers import CLASSES, write_numbered_shards, write_shards
 
-from trainer.data import MEAN, STD, ShardStream, expand_shards, preprocess_eval
+from trainer.data import (
+    MEAN,
+    STD,
+    DataState,
+    ShardStream,
+    _matches,
+    expand_shards,
+    preprocess_eval,
+)
 
 
 def test_expand_shards_reads_braces_globs_and_lists(tmp_path):
@@ -118,28 +126,84 @@ def test_corrupt_samples_and_unreadable_shards_are_skipped_and_counted(tmp_path,
     assert (resumed.skipped, resumed.read_errors) == (whole.skipped, whole.read_errors)
 
 
-def _captions(pattern: str, count: int) -> list[str]:
-    stream = ShardStream(pattern, batch_size=1, image_size=8, seed=1, shuffle_buffer=4)
-    return [caption for _, (caption,) in itertools.islice(stream.batches(), count)]
+def _batches(pattern: str, count: int, workers: int = 0) -> list:
+    stream = ShardStream(pattern, batch_size=2, image_size=8, seed=1, shuffle_buffer=4,
+                         workers=workers)  # fmt: skip
+    return list(itertools.islice(stream.batches(), count))
 
 
-def test_pipe_and_url_specs_read_the_same_samples_as_paths(tmp_path):
-    pattern = write_numbered_shards(tmp_path, shards=3, per_shard=5)
-    reference = _captions(pattern, 15)
-    assert sorted(reference) == sorted(f"sample {i}" for i in range(15))
-    piped = f"pipe:cat {pattern}"
-    assert expand_shards(piped) == [f"pipe:cat {tmp_path}/{i:05d}.tar" for i in range(3)]
-    assert _captions(piped, 15) == reference
-    assert _captions(f"file://{pattern}", 15) == reference
+def _same(got: list, expected: list) -> bool:
+    return [c for _, c in got] == [c for _, c in expected] and all(
+        torch.equal(a, b) for (a, _), (b, _) in zip(got, expected, strict=True)
+    )
+
+
+def test_expand_shards_reads_pipes_urls_and_lists(tmp_path):
+    write_numbered_shards(tmp_path, shards=3, per_shard=1)
+    one_per_shard = [f"pipe:cat {tmp_path}/{i:05d}.tar" for i in range(3)]
+    assert expand_shards(f"pipe:cat {tmp_path}/{{00000..00002}}.tar") == one_per_shard
+    listed = (
+        f"{tmp_path}/{{00000,00001}}.tar,pipe:cut -d, -f1 x,pipe:aws s3 cp s3://b/{{0..1}}.tar -"
+    )
+    assert expand_shards(listed) == [
+        f"{tmp_path}/00000.tar", f"{tmp_path}/00001.tar", "pipe:cut -d, -f1 x",
+        "pipe:aws s3 cp s3://b/0.tar -", "pipe:aws s3 cp s3://b/1.tar -",
+    ]  # fmt: skip
     globbed = expand_shards(f"file://{tmp_path}/0000[0-2].tar")
     assert globbed == [f"file://{tmp_path}/{i:05d}.tar" for i in range(3)]
-    assert _captions(",".join(globbed), 15) == reference
+    assert _matches("https://host/s.tar?sig=a*b") == ["https://host/s.tar?sig=a*b"]  # no glob
+    with pytest.raises(FileNotFoundError):
+        expand_shards(f"file://{tmp_path}/missing*.tar")
+    with pytest.raises(ValueError, match="not known"):  # no such fsspec filesystem: fail now
+        ShardStream("nosuchfs://bucket/00000.tar", batch_size=1, image_size=8)
 
 
-def test_a_failing_pipe_counts_as_a_read_error(tmp_path):
-    write_numbered_shards(tmp_path / "good", shards=1, per_shard=6)
-    mixed = ShardStream(f"pipe:cat {tmp_path}/{{good/00000,missing}}.tar", batch_size=1,
-                        image_size=8, shuffle_buffer=1)  # fmt: skip
-    seen = [caption for _, (caption,) in itertools.islice(mixed.batches(), 12)]
-    assert sorted(set(seen)) == [f"sample {i}" for i in range(6)]  # epochs go on over the good one
-    assert mixed.read_errors >= 1  # cat's exit status 1 on the missing shard
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pipe_and_url_specs_read_the_same_samples_as_paths(tmp_path, workers):
+    pattern = write_numbered_shards(tmp_path, shards=3, per_shard=5)
+    reference = _batches(pattern, 15, workers)  # two epochs
+    assert {c for _, cs in reference[:4] for c in cs} <= {f"sample {i}" for i in range(15)}
+    globbed = ",".join(expand_shards(f"file://{tmp_path}/0000[0-2].tar"))
+    for spec in (f"pipe:cat {pattern}", f"file://{pattern}", globbed):
+        assert _same(_batches(spec, 15, workers), reference), spec
+
+
+def _epoch(pattern: str) -> tuple[list[str], DataState]:
+    """Lane 0's raw samples of epoch 0, and the lane's counts after it."""
+    state = DataState()
+    stream = ShardStream(pattern, batch_size=1, image_size=8, shuffle_buffer=1)
+    return sorted(s["txt"].decode() for s in stream._samples(0, state)), state
+
+
+def test_failing_pipes_are_read_errors_of_their_shards(tmp_path):
+    good = write_numbered_shards(tmp_path, shards=1, per_shard=6).replace("{00000..00000}", "00000")
+    whole = [f"sample {i}" for i in range(6)]
+    assert _epoch(f"pipe:cat {good}") == (whole, DataState())
+    samples, state = _epoch(f"{good},pipe:cat /nonexistent/{{0..1}}.tar")  # cat exits 1
+    assert samples == whole and state.read_errors == 2
+    samples, state = _epoch(f"pipe:cat {good}; exit 3")  # a whole tar, then a failure
+    assert samples == whole and state.read_errors == 1
+    samples, state = _epoch(f"{good},pipe:yes")  # endless bytes, no tar: abandoned, killed
+    assert samples == whole and state.read_errors == 1
+
+
+def test_a_restored_stream_over_failing_pipes_counts_the_same(tmp_path):
+    pattern = write_numbered_shards(tmp_path, shards=3, per_shard=4)
+    failing = f"pipe:cat {pattern}; exit 3"  # every shard read whole, then a read error
+
+    def stream() -> ShardStream:
+        return ShardStream(failing, batch_size=1, image_size=8, shuffle_buffer=1)
+
+    whole = stream()
+    batches = whole.batches()
+    positions = []
+    for _ in range(30):
+        next(batches)
+        positions.append((whole.position(), whole.read_errors))
+    assert whole.read_errors >= 3 * 2  # two epochs of three shards read whole
+    for served, (position, errors) in enumerate(positions[:-1], start=1):
+        resumed = stream()
+        resumed.restore(position)
+        assert resumed.read_errors == errors
+        list(itertools.islice(resumed.batches(), 30 - served))
+        assert resumed.read_errors == whole.read_errors, served

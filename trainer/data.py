@@ -1,7 +1,9 @@
 """Training data: the pipeline's WebDataset shards as an endless, deterministic batch stream.
 
-webdataset reads the tars; epoch e visits the shards in an order drawn from (seed, e), the
-same on every rank, split by rank and by DataLoader worker; a seeded buffer shuffles samples.
+webdataset's tar reader reads the shards, opened from local paths, fsspec URLs (gs://, s3://,
+https://...) or `pipe:` commands' stdout; epoch e visits the shards in an order drawn from
+(seed, e), the same on every rank, split by rank and by DataLoader worker; a seeded buffer
+shuffles samples.
 Every random choice (the order, the buffer, each crop) comes from the seed, the epoch and the
 position in the epoch, so the stream is a pure function of them and a run resumes exactly,
 mid-epoch, by replaying its position. Images are decoded with Pillow (any mode, transparency
@@ -19,6 +21,7 @@ import logging
 import math
 import os
 import random
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -46,33 +49,136 @@ Texts = list[str] | torch.Tensor  # captions, or their (B, T) tokens
 def expand_shards(pattern: str) -> list[str]:
     """Shard specs from brace patterns (`{00000..00009}`), globs and comma-separated lists.
 
-    A spec is a local path, an fsspec URL (`gs://`, `s3://`, `file://`, `https://`...; globs
-    expand through its filesystem) or a webdataset `pipe:COMMAND` (one pipe per shard after
-    brace expansion; commas inside a pipe command are kept).
+    A spec is a local path, an fsspec URL (`gs://`, `s3://`, `https://`, `file://`...; globs
+    expand through its filesystem, except on http(s), where `?` starts a query) or a
+    webdataset-style `pipe:COMMAND`, one pipe per shard after brace expansion. Commas inside
+    braces stay in their pattern, and a pipe command runs to the next `,pipe:`, commas and all.
     """
-    parts = [pattern] if pattern.strip().startswith("pipe:") else pattern.split(",")
-    paths: list[str] = []
-    for part in parts:
-        for expanded in braceexpand(part.strip()):
-            paths.extend(_matches(expanded))
-    if not paths:
+    specs: list[str] = []
+    for part in _split_list(pattern):
+        for expanded in braceexpand(part):
+            specs.extend(_matches(expanded))
+    if not specs:
         raise FileNotFoundError(f"no shard matches {pattern!r}")
-    return paths
+    return specs
+
+
+def check_filesystems(specs: list[str]) -> None:
+    """Fail now, not as read errors in every epoch, where a URL's fsspec filesystem is missing
+    (ImportError: gs:// needs gcsfs, s3:// s3fs, https:// aiohttp) or unknown (ValueError)."""
+    for protocol in sorted({_protocol(spec) for spec in specs} - {"", "pipe"}):
+        fsspec.get_filesystem_class(protocol)
+
+
+def _split_list(pattern: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for char in pattern:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    specs: list[str] = []
+    for part in parts:
+        if specs and specs[-1].startswith("pipe:") and not part.strip().startswith("pipe:"):
+            specs[-1] += "," + part  # a comma of the command
+        elif part.strip():
+            specs.append(part.strip())
+    return specs
+
+
+def _protocol(spec: str) -> str:
+    if spec.startswith("pipe:"):
+        return "pipe"
+    return spec.split("://", 1)[0] if "://" in spec else ""
 
 
 def _matches(spec: str) -> list[str]:
-    if spec.startswith("pipe:") or not any(c in spec for c in "*?["):
+    protocol = _protocol(spec)
+    if protocol in ("pipe", "http", "https") or not any(c in spec for c in "*?["):
         return [spec]
-    if "://" not in spec:
+    if not protocol:
         return sorted(glob.glob(spec))
     filesystem, path = fsspec.core.url_to_fs(spec)
-    protocol = spec.split("://", 1)[0]
     return [f"{protocol}://{found}" for found in sorted(filesystem.glob(path))]
+
+
+class PipeShard:
+    """A shard read from a shell command's stdout (`pipe:gsutil cat gs://b/00000.tar`).
+
+    `close` reads to the end and waits for the command: a non-zero exit status raises, so a
+    command that failed, even after writing a whole tar, is a read error of its shard, found at
+    the same point of the stream every time. `kill` abandons a shard read halfway.
+    """
+
+    def __init__(self, command: str):
+        self.command = command
+        self.process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.process.stdout.read(size)
+
+    def close(self) -> None:
+        while self.process.stdout.read(1 << 20):  # the rest (a tar's padding) before the status
+            pass
+        self.process.stdout.close()
+        if status := self.process.wait():
+            raise OSError(f"pipe:{self.command} exited with status {status}")
+
+    def kill(self) -> None:
+        self.process.stdout.close()  # the command's next write fails (SIGPIPE)
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def __repr__(self) -> str:
+        return f"PipeShard({self.command!r})"
+
+
+def open_shard(spec: str):
+    """A binary stream of one shard: a `pipe:` command's stdout, an fsspec URL, or a path."""
+    protocol = _protocol(spec)
+    if protocol == "pipe":
+        return PipeShard(spec.removeprefix("pipe:"))
+    if protocol:
+        return fsspec.open(spec, "rb").open()
+    return open(spec, "rb")
+
+
+def _shard_files(shards: list[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """The files of each shard in turn, an empty dict after each shard read whole (as webdataset's
+    `tar_file_expander`); a shard that fails to open, to read or to close costs one `handler`
+    call and the rest of that shard."""
+    for spec in shards:
+        stream = None
+        try:
+            stream = open_shard(spec)
+            for file in wds.tariterators.tar_file_iterator(stream, handler=handler):
+                yield {**file, "__url__": spec}
+            done, stream = stream, None
+            done.close()
+            yield {}
+        except Exception as exc:
+            exc.args = (*exc.args, spec)
+            if not handler(exc):
+                raise
+        finally:
+            if isinstance(stream, PipeShard):  # failed or abandoned halfway
+                stream.kill()
+            elif stream is not None:
+                stream.close()
+
+
+def read_shards(shards: list[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """The samples (`__key__`, `jpg`, `txt`...) of `shards` in order, opened by `open_shard`."""
+    return wds.tariterators.group_by_keys(_shard_files(shards, handler), handler=handler)
 
 
 def _open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_):
     """webdataset's opener for the URL schemes it has no handler of its own for (s3://, gcs://,
-    az://, hdfs://...): whatever fsspec can open."""
+    az://, hdfs://...), for `evaluate`, which still reads through `wds.WebDataset`."""
     return fsspec.open(url, mode).open()
 
 
@@ -81,11 +187,6 @@ gopen_schemes["__default__"] = _open_with_fsspec
 
 def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big")
-
-
-def _already_split(shards):
-    """The stream splits shards by rank itself (`_shards_for`); webdataset must not again."""
-    return shards
 
 
 def normalise(image: Image.Image) -> torch.Tensor:
@@ -152,6 +253,7 @@ class ShardStream(IterableDataset):
                  resample: bool = False,
                  tokenizer: Callable[[list[str]], torch.Tensor] | None = None):  # fmt: skip
         self.shards = expand_shards(pattern)
+        check_filesystems(self.shards)
         self.batch_size, self.image_size, self.seed = batch_size, image_size, seed
         self.rank, self.world, self.shuffle_buffer = rank, world, shuffle_buffer
         self.workers, self.resample, self.tokenizer = workers, resample, tokenizer
@@ -199,10 +301,7 @@ class ShardStream(IterableDataset):
             return True
 
         shards, every, keep = self._plan(lane, state.epoch)
-        reader = wds.WebDataset(
-            shards, shardshuffle=False, empty_check=False, handler=read_error,
-            nodesplitter=_already_split, workersplitter=_already_split,
-        )  # fmt: skip
+        reader = read_shards(shards, read_error)
         rng = random.Random(_seed(self.seed, "buffer", state.epoch, self.rank, lane))
         buffer: list[dict] = []
         for index, sample in enumerate(reader):
@@ -243,10 +342,10 @@ class ShardStream(IterableDataset):
             start, decoded_any = state.consumed, False
             counted, replaying = state.read_errors, start > 0
             for position, sample in enumerate(self._samples(lane, state)):
-                if position < start:
-                    continue  # replaying a resumed position: no decoding
-                if replaying:  # the replayed reads' errors were counted before the checkpoint
-                    state.read_errors, replaying = counted, False
+                if position < start:  # replaying a resumed position: no decoding
+                    if position == start - 1:  # where the checkpoint's count was taken: the
+                        state.read_errors, replaying = counted, False  # replay's are in it
+                    continue
                 decoded = self._decode(sample, lane, state, position)
                 state.consumed = position + 1
                 if decoded is not None:
@@ -258,7 +357,7 @@ class ShardStream(IterableDataset):
                     texts = self.tokenizer(captions) if self.tokenizer else captions
                     yield torch.stack(images), texts, lane, DataState(**asdict(state))
                     images, captions = [], []
-            if replaying:
+            if replaying:  # the epoch ended short of the resumed position
                 state.read_errors = counted
             empty_epochs = 0 if decoded_any or start else empty_epochs + 1
             if empty_epochs > len(self.shards):  # every epoch draws other shards: none reads
