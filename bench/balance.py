@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import resource
@@ -34,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from manifests.queries import symspell_bigrams, wordfreq_words, wordninja_words  # noqa: E402
 from pipeline.balance import MATCHERS  # noqa: E402
 from pipeline.matching import reference_match  # noqa: E402
 
@@ -42,29 +42,8 @@ BATCH = 4096
 
 def offline_queries(size: int) -> list[str]:
     """`size` distinct queries: wordfreq and wordninja unigrams, then bigrams by PMI."""
-    import gzip
-
-    import symspellpy
-    import wordninja
-    from wordfreq import top_n_list
-
-    words = top_n_list("en", 320_000, "large")
-    ninja = Path(wordninja.__file__).parent / "wordninja" / "wordninja_words.txt.gz"
-    if ninja.exists():
-        words += gzip.decompress(ninja.read_bytes()).decode().split()
-    folder = Path(symspellpy.__file__).parent
-    unigram = {}
-    for line in (folder / "frequency_dictionary_en_82_765.txt").read_text().splitlines():
-        word, count = line.split()
-        unigram[word] = int(count)
-    total = sum(unigram.values())
-    scored = []
-    for line in (folder / "frequency_bigramdictionary_en_243_342.txt").read_text().splitlines():
-        a, b, count = line.split()
-        if a in unigram and b in unigram:
-            pmi = math.log2(int(count) * total / (unigram[a] * unigram[b]))
-            scored.append((pmi, f"{a} {b}"))
-    bigrams = [bigram for _, bigram in sorted(scored, reverse=True)]
+    words = wordfreq_words(320_000) + wordninja_words()
+    bigrams = [bigram for _, bigram in symspell_bigrams()]
     queries = list(dict.fromkeys(q for q in words + bigrams if q.strip() == q and q))
     if len(queries) < size:
         raise SystemExit(f"only {len(queries)} offline queries, fewer than {size}")
