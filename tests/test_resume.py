@@ -57,7 +57,8 @@ def slow_requests(server) -> int:
 
 
 def test_kill_and_rerun_gives_identical_outputs(tmp_path, server, corpus):
-    urls = [server.url(f"slow/0.15/{corpus[i % len(corpus)].name}") for i in range(ROWS)]
+    # distinct URLs (the query differs), so URL dedup keeps all ROWS rows and batches
+    urls = [server.url(f"slow/0.15/{corpus[i % len(corpus)].name}?row={i}") for i in range(ROWS)]
     lines = "".join(f"{url},caption {i}\n" for i, url in enumerate(urls))
     input_path = tmp_path / "list.csv"
     input_path.write_text("url,caption\n" + lines)
