@@ -45,7 +45,7 @@ def arguments() -> argparse.Namespace:
     rate.add_argument(
         "--match-per-core-s",
         type=float,
-        default=95_000,
+        default=150_000,
         help="bench/balance.py: 500k queries, tokens matcher, median of 5 runs",
     )
     rate.add_argument(

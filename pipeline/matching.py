@@ -36,11 +36,38 @@ def spacing(text: str) -> str:
 
 
 def _joined(captions: Sequence[str], fold_case: bool) -> str:
-    """The batch as one spaced text, captions separated by ` \x00 `."""
-    if any(_SEPARATOR in c for c in captions):
-        captions = [c.replace(_SEPARATOR, _SEPARATOR_STANDIN) for c in captions]
+    """The batch as one text, captions separated by ` \x00 ` (not yet spaced)."""
     joined = f" {_SEPARATOR} ".join(captions)
-    return spacing(joined.lower() if fold_case else joined)
+    if joined.count(_SEPARATOR) != len(captions) - 1:  # a caption holds the separator itself
+        captions = [c.replace(_SEPARATOR, _SEPARATOR_STANDIN) for c in captions]
+        joined = f" {_SEPARATOR} ".join(captions)
+    return joined.lower() if fold_case else joined
+
+
+_SPACE_BYTES = [ord(" "), *(ord(c) for c in SPACED)]
+
+
+def spaced_tokens(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of `text`, and the start and end offsets in them of the tokens of
+    `spacing(text).split(" ")` (empty tokens included), found without building the spaced text.
+
+    Spacing cuts the text at each space, tab or newline (the token ends before it and the next
+    starts after it) and on both sides of each punctuation mark (which becomes a token of its
+    own). All of them are ASCII, hence single bytes that no multi-byte character contains. Each
+    cut is the key 2 * end + (start - end), so the cuts in text order are the sorted keys."""
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    low = np.flatnonzero(data <= ord(" "))  # one pass; then only these few bytes are compared
+    low_bytes = data[low]
+    spaces = low[np.logical_or.reduce([low_bytes == byte for byte in _SPACE_BYTES])]
+    runs = [2 * spaces + 1]  # (end, start) = (i, i + 1)
+    for mark in PUNCTUATION:
+        if mark in text:  # (i, i) and (i + 1, i + 1)
+            at = np.flatnonzero(data == ord(mark))
+            runs += [2 * at, 2 * at + 2]
+    keys = np.sort(np.concatenate(runs), kind="stable") if len(runs) > 1 else runs[0]
+    ends = np.concatenate((keys >> 1, [len(data)]))  # stable sort: timsort merges sorted runs
+    starts = np.concatenate(([0], (keys >> 1) + (keys & 1)))
+    return data, starts, ends
 
 
 def reference_match(caption: str, queries: Sequence[str]) -> list[int]:
@@ -103,7 +130,7 @@ class QueryMatcher:
         """Sorted matched query ids of each caption, in one scan of the joined batch."""
         if not captions:
             return []
-        text = _joined(captions, self.fold_case)
+        text = spacing(_joined(captions, self.fold_case))
         found = [(end, query_id) for end, query_id in self._automaton.iter(text)]
         out: list[list[int]] = [[] for _ in captions]
         if not found:
@@ -156,11 +183,12 @@ class TokenMatcher:
             ids = tuple(self._vocab.setdefault(t, len(self._vocab)) for t in form.split(" "))
             by_length.setdefault(len(ids), []).append((ids, query_id))
         self._hashes = _TokenHashes()
-        vocab_hashes = self._hashes.of_tokens(list(self._vocab))
+        vocab_hashes = self._hashes.of_words(list(self._vocab))
         if len(np.unique(vocab_hashes)) != len(vocab_hashes):
             raise ValueError("two query words share a 64-bit hash; report this with the list")
         self._token_index = _HashIndex(vocab_hashes, np.arange(len(vocab_hashes)))
-        self._unigram = np.full(len(self._vocab), -1, dtype=np.int64)  # token id -> query id
+        # token id -> query id, with a last entry (-1) that token id -1 (unknown) reads
+        self._unigram = np.full(len(self._vocab) + 1, -1, dtype=np.int64)
         for (token,), query_id in by_length.pop(1, []):
             self._unigram[token] = query_id
         self._tables = {n: self._table(n, entries) for n, entries in sorted(by_length.items())}
@@ -171,7 +199,7 @@ class TokenMatcher:
         keys = self._keys(tokens)
         if len(np.unique(keys)) != len(keys):  # distinct queries, so only a hash can collide
             raise ValueError(f"two {n}-word queries share a hash; report this with the list")
-        starts = np.zeros(len(self._vocab), dtype=bool)
+        starts = np.zeros(len(self._vocab) + 1, dtype=bool)  # the last entry, for token id -1
         starts[tokens[:, 0]] = True
         query_ids = np.array([query_id for _, query_id in entries], dtype=np.int64)
         return starts, _HashIndex(keys, np.arange(len(keys))), query_ids, tokens
@@ -192,15 +220,20 @@ class TokenMatcher:
     def match_batch(self, captions: Sequence[str]) -> list[list[int]]:
         if not captions:
             return []
-        ids = self._token_ids(_joined(captions, self.fold_case))
+        data, starts, ends = spaced_tokens(_joined(captions, self.fold_case))
+        ids = self._token_index.get(self._hashes.of_tokens(data, starts, ends))
         owner = np.cumsum(ids == 0)  # the caption each token belongs to
-        known = np.flatnonzero(ids > 0)  # not unknown, not a caption boundary
-        unigram = self._unigram[ids[known]]
-        found_owner, found_query = [owner[known[unigram >= 0]]], [unigram[unigram >= 0]]
+        unigram = self._unigram[ids]  # id -1 (not a query word) reads the table's last entry: -1
+        at = np.flatnonzero(unigram >= 0)
+        found_owner, found_query = [owner[at]], [unigram[at]]
+        inside = ids > 0  # a query word, not a caption boundary
         for n, (starts_query, index, query_ids, query_tokens) in self._tables.items():
-            starts = known[starts_query[ids[known]] & (known <= len(ids) - n)]
+            count = max(len(ids) - n + 1, 0)
+            candidate = starts_query[ids[:count]]  # False for id -1 too: see `_table`
+            for offset in range(1, n):
+                candidate &= inside[offset : offset + count]
+            starts = np.flatnonzero(candidate)
             windows = ids[starts[:, None] + np.arange(n)]
-            starts, windows = starts[(windows > 0).all(axis=1)], windows[(windows > 0).all(axis=1)]
             row = index.get(self._keys(windows))
             hit = row >= 0
             if n > 2:  # a hash: check the tokens themselves
@@ -210,23 +243,19 @@ class TokenMatcher:
         found = self._per_caption(len(captions), found_owner, found_query)
         return with_aliases(found, self._aliases)
 
-    def _token_ids(self, text: str) -> np.ndarray:
-        """The vocabulary id of every space-separated token of `text` (-1: not a query word)."""
-        return self._token_index.get(self._hashes.of_text(text))
-
     def _per_caption(self, count: int, owners: list, queries: list) -> list[list[int]]:
         """Sorted distinct query ids per caption."""
-        pairs = np.sort(np.concatenate(owners) * self.size + np.concatenate(queries))
+        shift = max(self.size - 1, 1).bit_length()  # a shift and a mask, cheaper than divmod
+        pairs = np.sort((np.concatenate(owners) << shift) | np.concatenate(queries))
         if len(pairs):
             pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
-        owner, query = np.divmod(pairs, self.size)
-        bounds = np.searchsorted(owner, np.arange(count + 1)).tolist()
-        query = query.tolist()
-        return [query[bounds[i] : bounds[i + 1]] for i in range(count)]
+        owner, query = pairs >> shift, pairs & ((1 << shift) - 1)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=count)))).tolist()
+        return list(map(query.tolist().__getitem__, map(slice, bounds[:-1], bounds[1:])))
 
 
 class _TokenHashes:
-    """64-bit polynomial hashes of the space-separated tokens of a UTF-8 text, all at once.
+    """64-bit polynomial hashes of many byte ranges (tokens) of a UTF-8 text, all at once.
 
     With prefix sums of (byte + 1) * P^i, a token's hash is a difference of two prefix sums
     scaled by P^-start (P is odd, so it has an inverse modulo 2^64): numpy does the whole text in
@@ -252,49 +281,46 @@ class _TokenHashes:
         self._powers = np.concatenate((one, powers))  # P^i modulo 2^64 (uint64 wraps)
         self._inverse_powers = np.concatenate((one, inverse))
 
-    def of_text(self, text: str) -> np.ndarray:
-        """Hashes of the tokens between consecutive spaces of `text`, which starts and ends with
-        a space (what `split(" ")` gives, less the empty ends)."""
-        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    def of_tokens(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Hashes of the byte ranges [starts, ends) of `data`."""
         self._grow(len(data) + 1)
         prefix = np.zeros(len(data) + 1, dtype=np.uint64)
         np.cumsum(
             (data.astype(np.uint64) + np.uint64(1)) * self._powers[: len(data)], out=prefix[1:]
         )
-        spaces = np.flatnonzero(data == 32)
-        starts, ends = spaces[:-1] + 1, spaces[1:]
         return (prefix[ends] - prefix[starts]) * self._inverse_powers[starts]
 
-    def of_tokens(self, tokens: list[str]) -> np.ndarray:
-        return self.of_text(" " + " ".join(tokens) + " ")
+    def of_words(self, words: list[str]) -> np.ndarray:
+        """Hashes of `words`, each taken whole."""
+        data = np.frombuffer(" ".join(words).encode("utf-8"), dtype=np.uint8)
+        lengths = np.array([len(w.encode("utf-8")) for w in words], dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1])).astype(np.int64)
+        return self.of_tokens(data, starts, starts + lengths)
 
 
 class _HashIndex:
     """A read-only open-addressing hash table from uint64 keys to int64 values, probed for a
-    whole array of keys at once: about one random memory access per lookup, where a binary
-    search over a sorted array costs twenty."""
+    whole array of keys at once: about one random memory access per lookup (a key and its value
+    share a row of the table, hence a cache line), where a binary search costs twenty."""
 
     _MIX = np.uint64(0x9E3779B97F4A7C15)
+    _EMPTY = np.uint64(2**64 - 1)  # the value of a free row: -1 as int64, "absent"
 
-    def __init__(self, keys: np.ndarray, values: np.ndarray):
+    def __init__(self, keys: np.ndarray, values: np.ndarray, load: int = 4):
         if len(np.unique(keys)) != len(keys):
             raise ValueError("keys must be distinct")
-        self._bits = max(4, int(2 * max(len(keys), 1) - 1).bit_length())  # load factor <= 1/2
+        self._bits = max(4, int(load * max(len(keys), 1) - 1).bit_length())  # load <= 1/load
         self._mask = (1 << self._bits) - 1
-        self._keys = np.zeros(1 << self._bits, dtype=np.uint64)
-        self._values = np.full(1 << self._bits, -1, dtype=np.int64)
-        self._used = np.zeros(1 << self._bits, dtype=bool)
+        self._rows = np.zeros((1 << self._bits, 2), dtype=np.uint64)  # (key, value)
+        self._rows[:, 1] = self._EMPTY
         pending = np.arange(len(keys))
         slots = self._home(keys)
         while len(pending):
-            free = ~self._used[slots]
+            free = self._rows.take(slots, axis=0)[:, 1] == self._EMPTY
             claim, first = np.unique(slots[free], return_index=True)
             placed = pending[free][first]
-            self._keys[claim], self._values[claim], self._used[claim] = (
-                keys[placed],
-                values[placed],
-                True,
-            )
+            self._rows[claim, 0] = keys[placed]
+            self._rows[claim, 1] = values[placed].astype(np.uint64)
             waiting = np.ones(len(pending), dtype=bool)
             waiting[np.flatnonzero(free)[first]] = False
             pending, slots = pending[waiting], (slots[waiting] + 1) & self._mask
@@ -305,12 +331,12 @@ class _HashIndex:
     def get(self, keys: np.ndarray) -> np.ndarray:
         """The value of each key, -1 where it is absent."""
         out = np.full(len(keys), -1, dtype=np.int64)
-        pending = np.arange(len(keys))
-        slots = self._home(keys)
+        pending, slots, wanted = np.arange(len(keys)), self._home(keys), keys
         while len(pending):
-            used = self._used[slots]
-            found = used & (self._keys[slots] == keys[pending])
-            out[pending[found]] = self._values[slots[found]]
-            going_on = used & ~found
+            rows = self._rows.take(slots, axis=0)  # far faster than fancy indexing of rows
+            found = rows[:, 0] == wanted  # a free row holding key 0 gives -1: absent, as it must
+            out[pending[found]] = rows[found, 1].view(np.int64)
+            going_on = ~found & (rows[:, 1] != self._EMPTY)
             pending, slots = pending[going_on], (slots[going_on] + 1) & self._mask
+            wanted = keys[pending]
         return out

@@ -29,12 +29,30 @@ from pipeline.balance import (
     draw,
     keep_probabilities,
 )
-from pipeline.matching import QueryMatcher, TokenMatcher, reference_match
+from pipeline.matching import QueryMatcher, TokenMatcher, reference_match, spaced_tokens, spacing
 
 WORDS = ["new", "york", "city", "New", "York", "a", "an", "red", "Paris", "paris", "the", "Ünï"]
 QUERY_POOL = [*WORDS, "new york", "new york city", "york city", "New York", "a red", "U.S.", "a.",
               "a new york city", "the red", "ünï"]  # fmt: skip
-JOINERS = [" ", " ", " ", ", ", ". ", "\t", "\n", "  ", "!", "`", "-", ";", "?", ":"]
+JOINERS = [
+    " ",
+    " ",
+    " ",
+    ", ",
+    ". ",
+    "\t",
+    "\n",
+    "\r",
+    "  ",
+    "!",
+    "`",
+    "-",
+    ";",
+    "?",
+    ":",
+    ",,",
+    " ,",
+]
 
 
 @st.composite
@@ -60,6 +78,16 @@ def test_both_matchers_agree_with_the_reference_rule(queries, texts, fold_case):
     for matcher in (QueryMatcher(queries, fold_case), TokenMatcher(queries, fold_case)):
         assert matcher.match_batch(texts) == expected
         assert [matcher.match(t) for t in texts] == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab Ü€\t\n\r,.;:?!`-\x00"), max_size=30))
+def test_spaced_tokens_cut_the_text_where_spacing_and_split_do(text):
+    data, starts, ends = spaced_tokens(text)
+    tokens = [
+        data[start:end].tobytes().decode("utf-8") for start, end in zip(starts, ends, strict=True)
+    ]
+    assert tokens == spacing(text).split(" ")[1:-1]
 
 
 @pytest.mark.parametrize("matcher_class", [QueryMatcher, TokenMatcher])
