@@ -13,7 +13,9 @@ crop, JPEG 95) as the stage would see it. Keys order originals < distractors < v
 the originals survive; a variant is a true positive when it is dropped as a copy (`dup:near`,
 or `dup:exact`) naming its original's kept key. Precision per kind is true positives over the
 variants of that kind dropped; `pool_false_merges` counts originals and distractors dropped.
-Configurations: the default (pHash, 8 bits, 8 bands), 10 bits, `--near-dup-mirror`, dHash.
+Configurations (`--configs`): the default (pHash, 8 bits, 8 bands, a second hash of the centre
+95%, colour check at 12 grey levels), pHash alone (no zoom view, no colour check: the stage
+before those two were added), 10 bits, `--near-dup-mirror`, zoom views 0.9 and 0.95, dHash.
 
 The scaling part times `ImageDedup` (default config) on n and 10n distinct images (2x2 mosaics
 of pool thumbnails, 10% of them re-encoded copies), minus a baseline pipeline that only reads
@@ -48,6 +50,14 @@ from pipeline.imaging import ImageConfig, process_image, to_rgb  # noqa: E402
 CLIPART = Path("/usr/share/openclipart/png")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 CRAWL = ImageConfig()
+CONFIGS = {
+    "default": DedupConfig(),  # pHash, 8 bits, 8 bands, the 95% zoom view, colour check 12
+    "phash_alone": DedupConfig(zoom=(), colour_distance=None),  # no view, no colour check
+    "t10": DedupConfig(threshold=10, bands=11),
+    "mirror": DedupConfig(mirror=True),
+    "zoom_90_95": DedupConfig(zoom=(0.9, 0.95)),
+    "dhash": DedupConfig(hash_name="dhash"),
+}
 
 
 def jpeg(image: Image.Image, quality: int = 95) -> bytes:
@@ -260,6 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--distractors", type=int, default=3000)
     parser.add_argument("--scale-n", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}"
+    )
+    parser.add_argument("--no-scaling", action="store_true", help="skip the n vs 10n timing")
     args = parser.parse_args(argv)
     paths = sorted(p for p in CLIPART.rglob("*.png") if "shapes/stars" not in str(p))
     random.Random(args.seed).shuffle(paths)
@@ -268,26 +282,22 @@ def main(argv: list[str] | None = None) -> None:
     ]
     pool = distinct_pool(images)
     pairs, truth = near_dup_corpus(pool, args.originals, args.distractors, args.seed)
-    configs = {
-        "phash_t8": DedupConfig(),
-        "phash_t10": DedupConfig(threshold=10, bands=11),
-        "phash_t8_mirror": DedupConfig(mirror=True),
-        "dhash_t8": DedupConfig(hash_name="dhash"),
-    }
     quality = {}
-    for name, config in configs.items():
+    for name in filter(None, args.configs.split(",")):
+        config = CONFIGS[name]
         start = time.perf_counter()
         quality[name] = score(run_stage(pairs, config), truth)
         quality[name]["seconds"] = round(time.perf_counter() - start, 1)
-    tiles = [im.resize((64, 64), Image.LANCZOS) for im in pool] + emoji_tiles(4000)
     result = {
         "images": len(pairs),
         "originals": args.originals,
         "distractors": args.distractors,
         "pool_after_cleaning": len(pool),
         "quality": quality,
-        "scaling": scaling(tiles, args.scale_n, args.seed),
     }
+    if not args.no_scaling:
+        tiles = [im.resize((64, 64), Image.LANCZOS) for im in pool] + emoji_tiles(4000)
+        result["scaling"] = scaling(tiles, args.scale_n, args.seed)
     print(json.dumps(result))
 
 

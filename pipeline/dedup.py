@@ -33,6 +33,7 @@ from pipeline.dedup_groups import (
     apply_decision,
     bucket_entries,
     compare_bucket,
+    eval_entries,
     exact_group,
     node_decisions,
     resolve_urls,
@@ -40,7 +41,7 @@ from pipeline.dedup_groups import (
 from pipeline.hashing import (
     HASH_BITS,
     HASH_FUNCTIONS,
-    band_keys,
+    ImageHashes,
     band_layout,
     eval_paths,
     hash_image,
@@ -67,6 +68,9 @@ class DedupConfig:
     bands: int = 8  # LSH bands; bands > threshold guarantees every match is found
     hash_name: str = "phash"  # an imagehash function: phash, dhash, ahash, whash
     mirror: bool = False  # also match left-right mirrored copies (a second hash per image)
+    zoom: tuple[float, ...] = (0.95,)  # also hash these centre zooms: matches cropped copies
+    colour_distance: float | None = 12.0  # grey levels; matches whose colours differ more are
+    # not copies (recoloured drawings, flags); None switches the check off
     decontaminate: str | None = None  # eval images: folders, image files or .tar shards
     eval_image: ImageConfig = field(default_factory=ImageConfig)  # the crawl's resize, for evals
 
@@ -76,6 +80,20 @@ class DedupConfig:
         band_layout(self.bands)
         if self.hash_name not in HASH_FUNCTIONS:
             raise ValueError(f"hash {self.hash_name!r} is not one of {sorted(HASH_FUNCTIONS)}")
+        if not all(0.5 <= fraction < 1 for fraction in self.zoom):
+            raise ValueError(f"zoom fractions must be in [0.5, 1), not {self.zoom}")
+        if self.colour_distance is not None and self.colour_distance < 0:
+            raise ValueError(f"colour distance must be >= 0, not {self.colour_distance}")
+
+    def hash_image(self, data: bytes, views: bool = True) -> ImageHashes:
+        """`hashing.hash_image` with this config's hash, views and colour signature."""
+        return hash_image(
+            data,
+            self.hash_name,
+            mirror=self.mirror and views,
+            zoom=self.zoom if views else (),
+            colour=self.colour_distance is not None,
+        )
 
 
 # ---- exact URL dedup (before the download) ------------------------------------------------
@@ -124,13 +142,13 @@ class _HashFn(beam.DoFn):
             yield pair
             return
         try:
-            hashes = hash_image(pair.image, self._config.hash_name, self._config.mirror)
+            hashes = self._config.hash_image(pair.image, views=self._config.near)
         except _UNREADABLE as exc:
             yield beam.pvalue.TaggedOutput(self.EVENTS, "unreadable")
             yield pair.with_status(error("decode"), f"dedup cannot decode image: {exc}")
             return
         yield beam.pvalue.TaggedOutput(self.EVENTS, "images")
-        sig = Sig(pair.key, hashes.digest, hashes.phash, hashes.mirror)
+        sig = Sig(pair.key, hashes.digest, hashes.phash, hashes.views, hashes.colour)
         yield beam.pvalue.TaggedOutput(self.SIGS, sig)
         yield beam.pvalue.TaggedOutput(
             self.HASHED, (pair.key, replace(pair, phash=to_hex(sig.phash)))
@@ -147,13 +165,13 @@ class _HashEvalFn(beam.DoFn):
         for ident, data in read_eval_images(path):
             try:
                 jpeg = process_image(data, self._config.eval_image).jpeg
-                value = hash_image(jpeg, self._config.hash_name, mirror=False).phash
+                hashes = self._config.hash_image(jpeg)
             except (ImageError, *_UNREADABLE) as exc:
                 log.warning("skipping unreadable evaluation image %s: %s", ident, exc)
                 yield beam.pvalue.TaggedOutput("events", "eval_unreadable")
                 continue
             yield beam.pvalue.TaggedOutput("events", "eval_images")
-            yield ident, value
+            yield ident, ((hashes.phash, *hashes.views), hashes.colour)
 
 
 # ---- the image dedup transform -------------------------------------------------------------
@@ -243,14 +261,12 @@ class ImageDedup(beam.PTransform):
         layout = band_layout(config.bands)
         nodes = (
             groups
-            | "KeyByHash" >> beam.Map(lambda g: (g.phash, g))
-            | "GroupByHash" >> beam.GroupByKey()
-            | "Listed" >> beam.MapTuple(lambda phash, gs: (phash, sorted(gs)))
+            | "KeyByNode" >> beam.Map(lambda g: (g.node, g))
+            | "GroupByNode" >> beam.GroupByKey()
+            | "Listed" >> beam.MapTuple(lambda node, gs: (node, sorted(gs)))
         )
         entries = [
-            nodes
-            | "NodeBands"
-            >> beam.FlatMapTuple(lambda h, gs: bucket_entries(h, gs, layout, config.mirror))
+            nodes | "NodeBands" >> beam.FlatMapTuple(lambda n, gs: bucket_entries(n, gs, layout))
         ]
         if self._eval_paths:
             entries.append(self._eval_entries(nodes.pipeline, layout, events))
@@ -260,7 +276,9 @@ class ImageDedup(beam.PTransform):
             | "GroupByBand" >> beam.GroupByKey()
             | "Compare"
             >> beam.FlatMapTuple(
-                lambda _, es: compare_bucket(list(es), config.threshold, config.near)
+                lambda _, es: compare_bucket(
+                    list(es), config.threshold, config.near, config.colour_distance
+                )
             )
             | "Union" >> beam.CombineGlobally(ResolveGroups())
             | "Verdicts" >> beam.FlatMap(lambda verdicts: sorted(verdicts.items()))
@@ -290,9 +308,7 @@ class ImageDedup(beam.PTransform):
         )
         events.append(evals["events"])
         return evals["hashes"] | "EvalBands" >> beam.FlatMapTuple(
-            lambda ident, value: (
-                (bucket, ("eval", ident, value)) for bucket in band_keys(value, layout)
-            )
+            lambda ident, hashed: eval_entries(ident, *hashed, layout)
         )
 
 
@@ -348,6 +364,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also match left-right mirrored copies (hashes each image twice)",
     )
     group.add_argument(
+        "--near-dup-zoom",
+        default=",".join(str(f) for f in DedupConfig.zoom),
+        help="comma list of centre zooms also hashed per image, so copies cropped by up to "
+        "1 - zoom still match; 'none' hashes the image alone "
+        f"(default: {','.join(str(f) for f in DedupConfig.zoom)})",
+    )
+    group.add_argument(
+        "--near-dup-colour-distance",
+        default=str(DedupConfig.colour_distance),
+        help="mean chroma difference (grey levels, 4x4 grid) above which two hash matches are "
+        "not copies, since pHash sees no colour; greyscale images always pass; 'none' switches "
+        f"the check off (default: {DedupConfig.colour_distance})",
+    )
+    group.add_argument(
         "--decontaminate",
         metavar="EVAL_DIR_OR_SHARDS",
         help="drop images near-duplicate to these evaluation images: folders, files, globs or "
@@ -370,5 +400,15 @@ def config_from_args(args: argparse.Namespace) -> DedupConfig | None:
         bands=args.near_dup_bands,
         hash_name=args.near_dup_hash,
         mirror=args.near_dup_mirror,
+        zoom=_zoom(args.near_dup_zoom),
+        colour_distance=_colour_distance(args.near_dup_colour_distance),
         decontaminate=args.decontaminate,
     )
+
+
+def _zoom(text: str) -> tuple[float, ...]:
+    return () if text.strip().lower() == "none" else tuple(float(f) for f in text.split(","))
+
+
+def _colour_distance(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else float(text)

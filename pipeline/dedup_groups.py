@@ -1,9 +1,12 @@
 """Grouping logic of the image dedup stage, unit-tested without Beam.
 
 Records are small tuples (never the pairs or their JPEGs): `Sig` per image, `ExactGroup` per
-set of identical pixels; a node is the exact groups that share one perceptual hash. LSH buckets
-yield matches between nodes (and evaluation images), `ResolveGroups` unions them, and
-`node_decisions` turns a node's verdict into a status per pair.
+set of identical pixels; a node is the exact groups that share one perceptual hash and colour
+signature, named by the pair (hash, signature). LSH buckets yield matches between nodes (and
+evaluation images): within the Hamming threshold on some hash (an image's own, or one of its
+views against the other's), and with colours that agree. `ResolveGroups` unions them, and
+`node_decisions` turns a node's verdict into a status per pair. A union is transitive: a
+greyscale copy, which agrees with every colouring, joins two recoloured versions it matches.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from manifests.schema import Pair
-from pipeline.hashing import Groups, band_keys, close_pairs
+from pipeline.hashing import Groups, band_keys, close_pairs, colours_agree
 
 DUP_EXACT = "dup:exact"
 DUP_NEAR = "dup:near"
@@ -25,7 +28,8 @@ class Sig(NamedTuple):
     key: str
     digest: str
     phash: int
-    mirror: int | None
+    views: tuple[int, ...]  # hashes of the mirrored and zoomed image
+    colour: bytes
 
 
 class ExactGroup(NamedTuple):
@@ -34,7 +38,12 @@ class ExactGroup(NamedTuple):
     rep: str
     dups: tuple[str, ...]
     phash: int
-    mirror: int | None
+    views: tuple[int, ...]
+    colour: bytes
+
+    @property
+    def node(self) -> tuple[int, bytes]:
+        return self.phash, self.colour
 
 
 class Decision(NamedTuple):
@@ -56,37 +65,45 @@ def resolve_urls(url: str, pairs: list[Pair]) -> list[Pair]:
 def exact_group(_digest: str, sigs: list[Sig]) -> ExactGroup:
     sigs = sorted(sigs)
     first = sigs[0]
-    return ExactGroup(first.key, tuple(s.key for s in sigs[1:]), first.phash, first.mirror)
+    return ExactGroup(
+        first.key, tuple(s.key for s in sigs[1:]), first.phash, first.views, first.colour
+    )
 
 
-def bucket_entries(phash: int, groups: list[ExactGroup], layout, mirror: bool):
-    """The LSH bucket entries of one node (the exact groups that share a perceptual hash)."""
+def bucket_entries(node: tuple[int, bytes], groups: list[ExactGroup], layout):
+    """The LSH bucket entries of one node: its hash and its views' hashes, each banded."""
     key = min(g.rep for g in groups)
-    values = {phash}
-    if mirror:
-        values.add(min(groups).mirror)
-    for value in sorted(values):
+    phash, colour = node
+    for value in sorted({phash, *min(groups).views}):
         for bucket in band_keys(value, layout):
-            yield bucket, ("node", phash, key, value)
+            yield bucket, ("node", node, key, value, colour)
 
 
-def compare_bucket(entries: list[tuple], threshold: int, near: bool):
-    """Matches in one bucket: ("edge", (phash, key, phash, key)) between nodes within
-    `threshold`, and ("hit", (phash, eval id)) for a node near an evaluation image."""
+def eval_entries(ident: str, values: tuple[int, ...], colour: bytes, layout):
+    """The LSH bucket entries of one evaluation image (its hash and its views' hashes)."""
+    for value in sorted(set(values)):
+        for bucket in band_keys(value, layout):
+            yield bucket, ("eval", ident, value, colour)
+
+
+def compare_bucket(entries: list[tuple], threshold: int, near: bool, colour_distance):
+    """Matches in one bucket: ("edge", (node, key, node, key)) between nodes within `threshold`
+    whose colours agree, and ("hit", (node, eval id)) for a node near an evaluation image."""
     nodes = sorted({e[1:] for e in entries if e[0] == "node"})
     evals = sorted({e[1:] for e in entries if e[0] == "eval"})
     if near and len(nodes) > 1:
         for i, j in close_pairs((n[2] for n in nodes), None, threshold):
             a, b = nodes[i], nodes[j]
-            if a[0] != b[0]:
+            if a[0] != b[0] and colours_agree(a[3], b[3], colour_distance):
                 yield "edge", (a[0], a[1], b[0], b[1])
     if nodes and evals:
         for i, j in close_pairs((n[2] for n in nodes), (e[1] for e in evals), threshold):
-            yield "hit", (nodes[i][0], evals[j][0])
+            if colours_agree(nodes[i][3], evals[j][2], colour_distance):
+                yield "hit", (nodes[i][0], evals[j][0])
 
 
 class ResolveGroups(beam.CombineFn):
-    """Union the matches into groups: node phash -> (CONTAMINATED, eval id) or (DUP_NEAR,
+    """Union the matches into groups: node -> (CONTAMINATED, eval id) or (DUP_NEAR,
     smallest key of its group). Contaminated nodes are taken out before the union, so they
     never bridge two clean groups. Holds the matches only, never every image."""
 
@@ -99,16 +116,16 @@ class ResolveGroups(beam.CombineFn):
         if kind == "edge":
             edges.add(payload)
         else:
-            phash, ident = payload
-            hits[phash] = min(ident, hits.get(phash, ident))
+            node, ident = payload
+            hits[node] = min(ident, hits.get(node, ident))
         return acc
 
     def merge_accumulators(self, accs):
         edges, hits = set(), {}
         for acc_edges, acc_hits in accs:
             edges |= acc_edges
-            for phash, ident in acc_hits.items():
-                hits[phash] = min(ident, hits.get(phash, ident))
+            for node, ident in acc_hits.items():
+                hits[node] = min(ident, hits.get(node, ident))
         return edges, hits
 
     def extract_output(self, acc) -> dict:

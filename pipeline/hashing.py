@@ -73,11 +73,12 @@ def normalize_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class ImageHashes:
-    """What the dedup stage needs of one image: exact digest, perceptual hash, its mirror's."""
+    """What the dedup stage needs of one image."""
 
     digest: str  # blake2b of the decoded pixels (mode, size, bytes)
     phash: int  # 64-bit perceptual hash as an unsigned int
-    mirror: int | None  # the perceptual hash of the left-right mirrored image, when asked for
+    views: tuple[int, ...]  # hashes of the mirrored image and of centre zooms, when asked for
+    colour: bytes  # `colour_signature`, or b"" when not asked for
 
 
 def pixel_digest(image: Image.Image) -> str:
@@ -94,14 +95,61 @@ def perceptual_hash(image: Image.Image, hash_name: str) -> int:
     return int(str(HASH_FUNCTIONS[hash_name](image)), 16)
 
 
-def hash_image(data: bytes, hash_name: str, mirror: bool) -> ImageHashes:
+def centre_zoom(image: Image.Image, fraction: float) -> Image.Image:
+    """The centre `fraction` of `image`'s width and height: what a copy cropped by 1 - fraction
+    shows. Hashing it lets a cropped copy meet its original (pHash alone is not crop-tolerant)."""
+    width, height = image.size
+    dx, dy = round(width * (1 - fraction) / 2), round(height * (1 - fraction) / 2)
+    return image.crop((dx, dy, width - dx, height - dy))
+
+
+# The colour signature: mean opponent chroma (red-green, yellow-blue) over a 4x4 grid, halved
+# to fit int8. pHash sees only luminance, so recoloured drawings and flags with the same layout
+# hash alike; their chroma tells them apart.
+COLOUR_GRID = 4
+ACHROMATIC = 8.0  # grey levels: an image whose chroma stays under this everywhere has no colour
+
+
+def colour_signature(image: Image.Image) -> bytes:
+    """2 x COLOUR_GRID^2 signed bytes: (R - G) / 2 and ((R + G) / 2 - B) / 2 per grid cell."""
+    cells = np.asarray(
+        image.convert("RGB").resize((COLOUR_GRID, COLOUR_GRID), Image.BOX), dtype=np.float32
+    )
+    red, green, blue = cells[..., 0], cells[..., 1], cells[..., 2]
+    chroma = np.stack([red - green, (red + green) / 2 - blue], axis=-1) / 2
+    return np.clip(np.rint(chroma), -127, 127).astype(np.int8).tobytes()
+
+
+def colours_agree(a: bytes, b: bytes, max_distance: float | None) -> bool:
+    """Whether two images' colours allow them to be copies: their mean chroma difference is at
+    most `max_distance` grey levels, or one has no colour to compare (a greyscale copy of a
+    colour image is still a copy). True when either signature is missing or the check is off."""
+    if max_distance is None or not a or not b:
+        return True
+    left = np.frombuffer(a, dtype=np.int8).astype(np.float32) * 2
+    right = np.frombuffer(b, dtype=np.int8).astype(np.float32) * 2
+    if min(np.abs(left).max(), np.abs(right).max()) < ACHROMATIC:
+        return True
+    return float(np.abs(left - right).mean()) <= max_distance
+
+
+def hash_image(
+    data: bytes,
+    hash_name: str,
+    mirror: bool = False,
+    zoom: tuple[float, ...] = (),
+    colour: bool = False,
+) -> ImageHashes:
     """Decode `data` and hash it; raises OSError/ValueError when it is not a readable image."""
     with Image.open(io.BytesIO(data)) as opened:
         image = opened.convert("RGB")
+    views = [ImageOps.mirror(image)] if mirror else []
+    views += [centre_zoom(image, fraction) for fraction in zoom]
     return ImageHashes(
         digest=pixel_digest(image),
         phash=perceptual_hash(image, hash_name),
-        mirror=perceptual_hash(ImageOps.mirror(image), hash_name) if mirror else None,
+        views=tuple(perceptual_hash(view, hash_name) for view in views),
+        colour=colour_signature(image) if colour else b"",
     )
 
 

@@ -34,6 +34,7 @@ from pipeline.hashing import (
     band_keys,
     band_layout,
     close_pairs,
+    colours_agree,
     hamming,
     hash_image,
     normalize_url,
@@ -139,7 +140,7 @@ def test_mirror_hash_matches_a_flipped_copy():
     original = hash_image(encode(image, "PNG"), "phash", mirror=True)
     flipped = hash_image(encode(ImageOps.mirror(image), "PNG"), "phash", mirror=True)
     assert hamming(original.phash, flipped.phash) > 8
-    assert hamming(original.mirror, flipped.phash) <= 2
+    assert hamming(original.views[0], flipped.phash) <= 2
 
 
 @pytest.mark.parametrize("bands", [1, 4, 7, 9, 64])
@@ -201,6 +202,14 @@ def test_config_from_args():
         parser.parse_args(["--dedup", "near", "--near-dup-threshold", "5", "--near-dup-mirror"])
     )
     assert (tuned.exact, tuned.threshold, tuned.mirror) == (False, 5, True)
+    views = ["--near-dup-zoom", "0.9,0.95", "--near-dup-colour-distance", "none"]
+    assert config_from_args(parser.parse_args(views)) == DedupConfig(
+        zoom=(0.9, 0.95), colour_distance=None
+    )
+    off = config_from_args(parser.parse_args(["--near-dup-zoom", "none"]))
+    assert off.zoom == () and off.colour_distance == 12
+    with pytest.raises(ValueError, match="zoom"):
+        DedupConfig(zoom=(1.5,))
     with pytest.raises(ValueError, match="--dedup"):
         config_from_args(parser.parse_args(["--dedup", "exact,fuzzy"]))
     with pytest.raises(ValueError, match="threshold"):
@@ -303,6 +312,56 @@ def test_a_chain_of_near_duplicates_lands_in_one_group(tmp_path):
         "k3": (DUP_NEAR, "k1"),
         "k9": ("ok", None),
     }
+
+
+def test_the_zoom_view_catches_a_cropped_copy_that_phash_alone_misses(tmp_path):
+    original = drawing(26, 256)
+    margin = round(256 * 0.05 / 2)  # 5% of each side, then back to the crawl's 256 px
+    cropped = original.crop((margin, margin, 256 - margin, 256 - margin)).resize((256, 256))
+    hashes = [
+        hash_image(encode(im, quality=90), "phash", zoom=(0.95,)) for im in (original, cropped)
+    ]
+    assert hamming(hashes[0].phash, hashes[1].phash) > DedupConfig.threshold
+    pairs = [
+        image_pair("a", encode(original, quality=90)),
+        image_pair("b", encode(cropped, quality=90)),
+    ]
+    plain, _ = run_dedup(pairs, DedupConfig(zoom=()), tmp_path / "plain")
+    zoomed, _ = run_dedup(pairs, DedupConfig(), tmp_path / "zoomed")
+    assert plain["b"][:2] == ("ok", None)
+    assert zoomed["b"][:2] == (DUP_NEAR, "a")
+
+
+def recoloured_pictures() -> dict[str, Image.Image]:
+    """One layout in two palettes (the same luminance pattern, so the same pHash), and the
+    greyscale version of the first."""
+    layout = bar(44).convert("L")
+    warm = ImageOps.colorize(layout, black=(120, 0, 0), white=(255, 255, 120))
+    cold = ImageOps.colorize(layout, black=(0, 40, 110), white=(140, 255, 255))
+    return {"a": warm, "b": cold, "c": ImageOps.grayscale(warm).convert("RGB")}
+
+
+def test_colour_signatures_tell_recoloured_pictures_apart_and_let_greyscale_copies_pass():
+    hashed = {
+        k: hash_image(encode(im), "phash", colour=True) for k, im in recoloured_pictures().items()
+    }
+    assert hamming(hashed["a"].phash, hashed["b"].phash) <= DedupConfig.threshold
+    assert not colours_agree(hashed["a"].colour, hashed["b"].colour, 12)
+    assert colours_agree(hashed["a"].colour, hashed["c"].colour, 12)  # grey: nothing to compare
+    assert colours_agree(hashed["a"].colour, hashed["b"].colour, None)  # the check is off
+    noisy = hash_image(encode(recoloured_pictures()["a"], quality=30), "phash", colour=True)
+    assert colours_agree(hashed["a"].colour, noisy.colour, 12)
+
+
+def test_a_recoloured_picture_is_kept_and_a_greyscale_copy_dropped(tmp_path):
+    pictures = {k: image_pair(k, encode(im)) for k, im in recoloured_pictures().items()}
+    recoloured = [pictures["a"], pictures["b"]]
+    checked, _ = run_dedup(recoloured, DedupConfig(), tmp_path / "checked")
+    assert {k: v[:2] for k, v in checked.items()} == {"a": ("ok", None), "b": ("ok", None)}
+    unchecked, _ = run_dedup(recoloured, DedupConfig(colour_distance=None), tmp_path / "off")
+    assert unchecked["b"][:2] == (DUP_NEAR, "a")
+    grey, _ = run_dedup([pictures["a"], pictures["c"]], DedupConfig(), tmp_path / "grey")
+    assert grey["c"][:2] == (DUP_NEAR, "a")
 
 
 def test_survivors_agree_across_runners_and_input_orders(tmp_path):
