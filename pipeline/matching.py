@@ -64,8 +64,9 @@ def spaced_tokens(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if mark in text:  # (i, i) and (i + 1, i + 1)
             at = np.flatnonzero(data == ord(mark))
             runs += [2 * at, 2 * at + 2]
+    # a stable sort is timsort, which merges the already sorted runs in linear time
     keys = np.sort(np.concatenate(runs), kind="stable") if len(runs) > 1 else runs[0]
-    ends = np.concatenate((keys >> 1, [len(data)]))  # stable sort: timsort merges sorted runs
+    ends = np.concatenate((keys >> 1, [len(data)]))
     starts = np.concatenate(([0], (keys >> 1) + (keys & 1)))
     return data, starts, ends
 
@@ -305,11 +306,12 @@ class _HashIndex:
 
     _MIX = np.uint64(0x9E3779B97F4A7C15)
     _EMPTY = np.uint64(2**64 - 1)  # the value of a free row: -1 as int64, "absent"
+    _ROWS_PER_KEY = 4  # a load factor of at most 1/4 keeps probe chains short
 
-    def __init__(self, keys: np.ndarray, values: np.ndarray, load: int = 4):
+    def __init__(self, keys: np.ndarray, values: np.ndarray):
         if len(np.unique(keys)) != len(keys):
             raise ValueError("keys must be distinct")
-        self._bits = max(4, int(load * max(len(keys), 1) - 1).bit_length())  # load <= 1/load
+        self._bits = max(4, int(self._ROWS_PER_KEY * max(len(keys), 1) - 1).bit_length())
         self._mask = (1 << self._bits) - 1
         self._rows = np.zeros((1 << self._bits, 2), dtype=np.uint64)  # (key, value)
         self._rows[:, 1] = self._EMPTY
