@@ -1,6 +1,7 @@
 """Does curation make a better CLIP? The same model, seed and steps on the raw and curated pools.
 
     python bench/curation.py [--corpus synthetic|real] [--pairs 3000] [--steps 200] [--seeds 0,1]
+                             [--jobs 2]
 
 The corpus is the demo's (`--corpus synthetic`, `demo.webcorpus`: 48 colour-shape concepts
 under a Zipf head; `--corpus real`, `demo.realcorpus`: Noto emoji renders and Openclipart
@@ -9,23 +10,29 @@ repeated URLs, foreign, placeholder captions, tiny, broken and dead images), ser
 
 - raw: every pair that downloaded and decoded (no filters, no dedup, no balancing);
 - curated: the demo recipe's curation (caption, language and image filters, URL and image
-  dedup, decontamination against the held-out images, query balancing with t = 80).
+  dedup in the `pair` scope, decontamination against the held-out images, query balancing
+  with t = 80).
 
 Each pool trains the `tiny` CLIP for the same steps with the same seed, for every seed, and is
 evaluated on the same held-out set, never served: zero-shot top-1/top-5 over the held-out images
 of concepts named in English (synthetic: 240 images of 48 concepts; real: 100 Twemoji of 100
-emoji), and image-text retrieval recall@1/5 over those images captioned "a photo of a {name}". Prints one JSON line with every figure, and the means per pool.
+emoji), and image-text retrieval recall@1/5 over those images captioned "a photo of a {name}".
+`--jobs N` trains N runs at once, each on its share of the cores (a run's figures do not depend
+on it). Prints one JSON line with every figure, and the means per pool.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,7 +54,7 @@ RAW = ["--dedup", "none"]
 
 def curated(work: Path) -> list[str]:
     return ["--filters", "lang,caption,image", "--min-side", "64",
-            "--queries", str(work / "queries.txt"), "--max-per-query", "80",
+            "--dedup-scope", "pair", "--queries", str(work / "queries.txt"), "--max-per-query", "80",
             "--decontaminate", str(work / "heldout")]  # fmt: skip
 
 
@@ -64,12 +71,12 @@ def crawl(work: Path, name: str, extra: list[str]) -> dict:
     return json.loads((out / "stats.json").read_text())
 
 
-def train_and_score(work: Path, pool: str, seed: int, steps: int, batch: int) -> dict:
+def train_and_score(work: Path, pool: str, seed: int, steps: int, batch: int, threads: int) -> dict:
     config = TrainConfig(
         shards=str(work / pool / "shards" / "*.tar"), output=str(work / f"train-{pool}-{seed}"),
         model="tiny", batch_size=batch, steps=steps, warmup=max(1, steps // 10), seed=seed,
         eval_folder=str(work / "heldout"), eval_shards=str(work / "heldout.tar"),
-        checkpoint_every=steps, log_every=steps,
+        checkpoint_every=steps, log_every=steps, threads=threads,
     )  # fmt: skip
     start = time.monotonic()
     metrics = train(config)["metrics"]
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--corpus", choices=("synthetic", "real"), default="synthetic")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at once")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="openwit-curation-"))
@@ -103,10 +111,13 @@ def main(argv: list[str] | None = None) -> None:
             }
         result = {"corpus": args.corpus, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
                   "seeds": seeds, "samples": {p: s["samples"] for p, s in pools.items()}}  # fmt: skip
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        runs = {(pool, seed): (work, pool, seed, args.steps, args.batch_size, threads)
+                for pool in pools for seed in seeds}  # fmt: skip
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as executor:
+            futures = {run: executor.submit(train_and_score, *job) for run, job in runs.items()}
         for pool in pools:
-            runs = [
-                train_and_score(work, pool, seed, args.steps, args.batch_size) for seed in seeds
-            ]
+            runs = [futures[pool, seed].result() for seed in seeds]
             result[pool] = runs
             result[f"{pool}_mean"] = {
                 k: round(statistics.mean(r[k] for r in runs), 4) for k in runs[0] if k != "seconds"

@@ -7,6 +7,11 @@ compared by Hamming distance, and matches are unioned into groups. Evaluation im
 same buckets, so decontamination costs no extra pass. In every group the smallest key survives,
 so the result is the same on any runner, whatever order it processed elements in.
 
+The scope says what a duplicate is. `image` (the default): one sample per picture. `pair`: a
+copy is dropped only when its caption also says the same (`caption_key`), so a picture the web
+captions in several ways keeps one sample per caption; only repeated pairs go. CLIP learns from
+the text, and those other captions are extra supervision, not repetition.
+
 Every pair comes out once; pairs that arrive dropped pass untouched. Work is done on small
 tuples; the pairs (and their JPEGs) are shuffled once, to join them with the decisions.
 """
@@ -43,6 +48,7 @@ from pipeline.hashing import (
     HASH_FUNCTIONS,
     ImageHashes,
     band_layout,
+    caption_key,
     eval_paths,
     hash_image,
     normalize_url,
@@ -55,6 +61,7 @@ from pipeline.stats import CountEvents
 log = logging.getLogger(__name__)
 
 MODES = ("exact", "near")
+SCOPES = ("image", "pair")
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -71,10 +78,13 @@ class DedupConfig:
     zoom: tuple[float, ...] = (0.95,)  # also hash these centre zooms: matches cropped copies
     colour_distance: float | None = 12.0  # grey levels; matches whose colours differ more are
     # not copies (recoloured drawings, flags); None switches the check off
+    scope: str = "image"  # image: a copy is a duplicate; pair: only with the same caption
     decontaminate: str | None = None  # eval images: folders, image files or .tar shards
     eval_image: ImageConfig = field(default_factory=ImageConfig)  # the crawl's resize, for evals
 
     def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
         if not 0 <= self.threshold < HASH_BITS:
             raise ValueError(f"threshold must be in 0..{HASH_BITS - 1}, not {self.threshold}")
         band_layout(self.bands)
@@ -95,20 +105,30 @@ class DedupConfig:
             colour=self.colour_distance is not None,
         )
 
+    def text_key(self, caption: str) -> str:
+        """What of the caption a duplicate must share: its `caption_key` in the pair scope."""
+        return caption_key(caption) if self.scope == "pair" else ""
+
 
 # ---- exact URL dedup (before the download) ------------------------------------------------
 
 
 class UrlDedup(beam.PTransform):
-    """Pairs in, the same pairs out; repeated URLs (after `normalize_url`) become `dup:exact`.
+    """Pairs in, the same pairs out; repeated URLs (after `normalize_url`; in the pair scope,
+    with the same `caption_key` too) become `dup:exact`.
     Stats: {"rows": ok pairs considered, "duplicates": pairs dropped}."""
 
+    def __init__(self, config: DedupConfig | None = None):
+        super().__init__()
+        self._config = config or DedupConfig()
+
     def expand(self, pairs):
+        text_key = self._config.text_key
         dropped = pairs | "Dropped" >> beam.Filter(lambda p: not p.is_ok)
         decided = (
             pairs
             | "Kept" >> beam.Filter(lambda p: p.is_ok)
-            | "KeyByUrl" >> beam.Map(lambda p: (normalize_url(p.url), p))
+            | "KeyByUrl" >> beam.Map(lambda p: ((normalize_url(p.url), text_key(p.caption)), p))
             | "GroupByUrl" >> beam.GroupByKey()
             | "Resolve" >> beam.FlatMapTuple(resolve_urls)
         )
@@ -148,7 +168,8 @@ class _HashFn(beam.DoFn):
             yield pair.with_status(error("decode"), f"dedup cannot decode image: {exc}")
             return
         yield beam.pvalue.TaggedOutput(self.EVENTS, "images")
-        sig = Sig(pair.key, hashes.digest, hashes.phash, hashes.views, hashes.colour)
+        text = self._config.text_key(pair.caption)
+        sig = Sig(pair.key, hashes.digest, hashes.phash, hashes.views, hashes.colour, text)
         yield beam.pvalue.TaggedOutput(self.SIGS, sig)
         yield beam.pvalue.TaggedOutput(
             self.HASHED, (pair.key, replace(pair, phash=to_hex(sig.phash)))
@@ -230,7 +251,7 @@ class ImageDedup(beam.PTransform):
         if config.exact:
             groups = (
                 sigs
-                | "KeyByPixels" >> beam.Map(lambda s: (s.digest, s))
+                | "KeyByPixels" >> beam.Map(lambda s: ((s.digest, s.text), s))
                 | "GroupByPixels" >> beam.GroupByKey()
                 | "ExactGroups" >> beam.MapTuple(exact_group)
             )
@@ -378,6 +399,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"the check off (default: {DedupConfig.colour_distance})",
     )
     group.add_argument(
+        "--dedup-scope",
+        choices=SCOPES,
+        default=DedupConfig.scope,
+        help="image: one sample per picture; pair: copies of a picture are dropped only when "
+        "their captions say the same (case, spacing and punctuation aside), so each distinct "
+        f"caption of it keeps a sample (default: {DedupConfig.scope})",
+    )
+    group.add_argument(
         "--decontaminate",
         metavar="EVAL_DIR_OR_SHARDS",
         help="drop images near-duplicate to these evaluation images: folders, files, globs or "
@@ -402,6 +431,7 @@ def config_from_args(args: argparse.Namespace) -> DedupConfig | None:
         mirror=args.near_dup_mirror,
         zoom=_zoom(args.near_dup_zoom),
         colour_distance=_colour_distance(args.near_dup_colour_distance),
+        scope=args.dedup_scope,
         decontaminate=args.decontaminate,
     )
 

@@ -1,10 +1,11 @@
 """Grouping logic of the image dedup stage, unit-tested without Beam.
 
 Records are small tuples (never the pairs or their JPEGs): `Sig` per image, `ExactGroup` per
-set of identical pixels; a node is the exact groups that share one perceptual hash and colour
-signature, named by the pair (hash, signature). LSH buckets yield matches between nodes (and
-evaluation images): within the Hamming threshold on some hash (an image's own, or one of its
-views against the other's), and with colours that agree. `ResolveGroups` unions them, and
+set of identical pixels (and, in the `pair` scope, captions with one `caption_key`); a node is
+the exact groups that share one perceptual hash, colour signature and caption key, named by
+that triple. LSH buckets yield matches between nodes (and evaluation images): within the
+Hamming threshold on some hash (an image's own, or one of its views against the other's), with
+colours that agree and, between nodes, the same caption key. `ResolveGroups` unions them, and
 `node_decisions` turns a node's verdict into a status per pair. A union is transitive: a
 greyscale copy, which agrees with every colouring, joins two recoloured versions it matches.
 """
@@ -30,20 +31,23 @@ class Sig(NamedTuple):
     phash: int
     views: tuple[int, ...]  # hashes of the mirrored and zoomed image
     colour: bytes
+    text: str  # `caption_key` in the pair scope, "" in the image scope
 
 
 class ExactGroup(NamedTuple):
-    """Pairs with identical pixels: the survivor `rep` (smallest key) and the others."""
+    """Pairs with identical pixels (and caption key): the survivor `rep` (smallest key) and the
+    others."""
 
     rep: str
     dups: tuple[str, ...]
     phash: int
     views: tuple[int, ...]
     colour: bytes
+    text: str
 
     @property
-    def node(self) -> tuple[int, bytes]:
-        return self.phash, self.colour
+    def node(self) -> tuple[int, bytes, str]:
+        return self.phash, self.colour, self.text
 
 
 class Decision(NamedTuple):
@@ -52,28 +56,27 @@ class Decision(NamedTuple):
     message: str
 
 
-def resolve_urls(url: str, pairs: list[Pair]) -> list[Pair]:
-    """Keep the smallest key of pairs with the same normalised URL; the others are `dup:exact`."""
+def resolve_urls(url_key: tuple[str, str], pairs: list[Pair]) -> list[Pair]:
+    """Keep the smallest key of pairs with one (normalised URL, caption key) - the caption key
+    is "" outside the pair scope; the others are `dup:exact`."""
     pairs = sorted(pairs, key=lambda p: p.key)
     first = pairs[0].key
-    dups = [
-        replace(p.with_status(DUP_EXACT, f"same URL as {first}"), dup_of=first) for p in pairs[1:]
-    ]
+    message = f"same URL{' and caption' if url_key[1] else ''} as {first}"
+    dups = [replace(p.with_status(DUP_EXACT, message), dup_of=first) for p in pairs[1:]]
     return [pairs[0], *dups]
 
 
-def exact_group(_digest: str, sigs: list[Sig]) -> ExactGroup:
+def exact_group(_pixels: tuple[str, str], sigs: list[Sig]) -> ExactGroup:
     sigs = sorted(sigs)
     first = sigs[0]
-    return ExactGroup(
-        first.key, tuple(s.key for s in sigs[1:]), first.phash, first.views, first.colour
-    )
+    dups = tuple(s.key for s in sigs[1:])
+    return ExactGroup(first.key, dups, first.phash, first.views, first.colour, first.text)
 
 
-def bucket_entries(node: tuple[int, bytes], groups: list[ExactGroup], layout):
+def bucket_entries(node: tuple[int, bytes, str], groups: list[ExactGroup], layout):
     """The LSH bucket entries of one node: its hash and its views' hashes, each banded."""
     key = min(g.rep for g in groups)
-    phash, colour = node
+    phash, colour, _text = node
     for value in sorted({phash, *min(groups).views}):
         for bucket in band_keys(value, layout):
             yield bucket, ("node", node, key, value, colour)
@@ -88,13 +91,15 @@ def eval_entries(ident: str, values: tuple[int, ...], colour: bytes, layout):
 
 def compare_bucket(entries: list[tuple], threshold: int, near: bool, colour_distance):
     """Matches in one bucket: ("edge", (node, key, node, key)) between nodes within `threshold`
-    whose colours agree, and ("hit", (node, eval id)) for a node near an evaluation image."""
+    whose colours agree and whose caption keys are equal, and ("hit", (node, eval id)) for a
+    node near an evaluation image, whatever its caption."""
     nodes = sorted({e[1:] for e in entries if e[0] == "node"})
     evals = sorted({e[1:] for e in entries if e[0] == "eval"})
     if near and len(nodes) > 1:
         for i, j in close_pairs((n[2] for n in nodes), None, threshold):
             a, b = nodes[i], nodes[j]
-            if a[0] != b[0] and colours_agree(a[3], b[3], colour_distance):
+            same_text = a[0][2] == b[0][2]
+            if a[0] != b[0] and same_text and colours_agree(a[3], b[3], colour_distance):
                 yield "edge", (a[0], a[1], b[0], b[1])
     if nodes and evals:
         for i, j in close_pairs((n[2] for n in nodes), (e[1] for e in evals), threshold):
@@ -158,7 +163,8 @@ def node_decisions(groups: list[ExactGroup], verdict: tuple | None, near: bool, 
             yield group.rep, Decision(DUP_NEAR, survivor, message)
         for key in group.dups:
             target = group.rep if kept else survivor
-            yield key, Decision(DUP_EXACT, target, f"same pixels as {group.rep}")
+            same = "same pixels and caption" if group.text else "same pixels"
+            yield key, Decision(DUP_EXACT, target, f"{same} as {group.rep}")
 
 
 def apply_decision(_key: str, joined: dict) -> list[Pair]:

@@ -66,7 +66,7 @@ def crawl_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
     crawl = dataclasses.asdict(config.crawl)
     crawl.pop("threads")
     text = [dataclasses.asdict(step) for step in (config.filters or FiltersConfig()).text]
-    url_dedup = bool(config.dedup and config.dedup.exact)
+    url_dedup = config.dedup.scope if config.dedup and config.dedup.exact else None
     balance = dataclasses.asdict(config.balance) if config.balance else None
     settings = {"spec": dataclasses.asdict(config.spec), "crawl": crawl, "text_filters": text}
     return fingerprint({"inputs": paths, **settings, "url_dedup": url_dedup, "balance": balance})
@@ -174,7 +174,7 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
         pairs = stages.apply(pairs, "TextFilters", ApplyFilters(filters.text), "filters_text")
     dedup = config.dedup
     if dedup and dedup.exact:
-        pairs = stages.apply(pairs, "UrlDedup", UrlDedup(), "dedup_url")
+        pairs = stages.apply(pairs, "UrlDedup", UrlDedup(dedup), "dedup_url")
     balancer = _Balancer(config.balance, config.output) if config.balance else None
     if balancer:
         pairs = balancer.before_download(pairs, stages)

@@ -81,6 +81,16 @@ class ImageHashes:
     colour: bytes  # `colour_signature`, or b"" when not asked for
 
 
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def caption_key(caption: str) -> str:
+    """A digest of the caption's words, case-folded, without punctuation or spacing: two copies
+    of a picture whose captions give the same key say the same thing about it."""
+    words = _NOT_WORD.sub(" ", caption.casefold()).strip()
+    return hashlib.blake2b(words.encode(), digest_size=8).hexdigest()
+
+
 def pixel_digest(image: Image.Image) -> str:
     """A digest of the decoded pixels, not the file: the same picture stored with other metadata
     or by another encoder build hashes the same, and we decode for the pHash anyway."""

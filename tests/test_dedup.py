@@ -33,6 +33,7 @@ from pipeline.hashing import (
     Groups,
     band_keys,
     band_layout,
+    caption_key,
     close_pairs,
     colours_agree,
     hamming,
@@ -125,6 +126,13 @@ def test_normalize_url_keeps_distinct_urls_apart(a, b):
     assert normalize_url(a) != normalize_url(b)
 
 
+def test_caption_key_ignores_case_spacing_and_punctuation_but_not_words():
+    assert caption_key("A red fox, in snow!") == caption_key("a  red fox in\tsnow")
+    assert caption_key("Straße_café") == caption_key("STRASSE CAFÉ")
+    assert caption_key("a red fox") != caption_key("a red fox cub")
+    assert caption_key("a red fox") != caption_key("red a fox")
+
+
 def test_pixel_digest_ignores_the_container_but_not_the_pixels():
     image = drawing(1)
     png = hash_image(encode(image, "PNG"), "phash", mirror=False)
@@ -208,6 +216,10 @@ def test_config_from_args():
     )
     off = config_from_args(parser.parse_args(["--near-dup-zoom", "none"]))
     assert off.zoom == () and off.colour_distance == 12
+    scoped = config_from_args(parser.parse_args(["--dedup-scope", "pair"]))
+    assert scoped == DedupConfig(scope="pair")
+    with pytest.raises(ValueError, match="scope"):
+        DedupConfig(scope="caption")
     with pytest.raises(ValueError, match="zoom"):
         DedupConfig(zoom=(1.5,))
     with pytest.raises(ValueError, match="--dedup"):
@@ -243,6 +255,70 @@ def test_url_dedup_keeps_the_smallest_key_of_each_url():
             ),
         )
         assert_that(out["stats"], equal_to([{"rows": 4, "duplicates": 2}]), label="Stats")
+
+
+def test_url_dedup_in_the_pair_scope_keeps_each_caption_of_a_url():
+    url = "http://site.test/a.jpg"
+    pairs = [
+        Pair(key="k1", url=url, caption="A red fox."),
+        Pair(key="k2", url=url + "#x", caption="a red fox"),
+        Pair(key="k3", url=url, caption="a fox in the snow"),
+    ]
+    with beam.Pipeline() as p:
+        out = p | beam.Create(pairs) | UrlDedup(DedupConfig(scope="pair"))
+        rows = out["pairs"] | beam.Map(lambda q: (q.key, q.status, q.dup_of))
+        expected = [("k1", "ok", None), ("k2", DUP_EXACT, "k1"), ("k3", "ok", None)]
+        assert_that(rows, equal_to(expected))
+
+
+def captioned_copies() -> list[Pair]:
+    """One picture captioned three ways (two of them the same words), a resized copy with the
+    first caption and one with a caption of its own, and an unrelated picture."""
+    picture = drawing(7)
+    same, small = encode(picture, quality=95), encode(picture.resize((90, 90)), quality=60)
+    captions = {"p1": "A red fox.", "p2": "a red fox", "p3": "a fox in the snow",
+                "p4": "a red fox", "p5": "a fox, small"}  # fmt: skip
+    images = {"p1": same, "p2": same, "p3": same, "p4": small, "p5": small}
+    pairs = [replace(image_pair(k, images[k]), caption=c) for k, c in captions.items()]
+    return [*pairs, image_pair("q1", encode(drawing(8), quality=95))]
+
+
+def test_the_image_scope_keeps_one_sample_per_picture(tmp_path):
+    out, _ = run_dedup(captioned_copies(), DedupConfig(), tmp_path)
+    kept = sorted(key for key, row in out.items() if row[0] == "ok")
+    assert kept == ["p1", "q1"]
+    assert {key: row[:2] for key, row in out.items() if key.startswith("p")} == {
+        "p1": ("ok", None),
+        "p2": (DUP_EXACT, "p1"),
+        "p3": (DUP_EXACT, "p1"),
+        "p4": (DUP_NEAR, "p1"),
+        "p5": (DUP_EXACT, "p1"),  # identical to p4, which joins p1's group
+    }
+
+
+def test_the_pair_scope_keeps_one_sample_per_caption_of_a_picture(tmp_path):
+    out, stats = run_dedup(captioned_copies(), DedupConfig(scope="pair"), tmp_path)
+    assert {key: row[:2] for key, row in out.items()} == {
+        "p1": ("ok", None),
+        "p2": (DUP_EXACT, "p1"),  # the same picture and the same words
+        "p3": ("ok", None),  # the same picture, said otherwise
+        "p4": (DUP_NEAR, "p1"),  # a resized copy with p1's words
+        "p5": ("ok", None),  # a resized copy, said otherwise
+        "q1": ("ok", None),
+    }
+    assert (stats[DUP_EXACT], stats[DUP_NEAR]) == (1, 1)
+
+
+def test_the_pair_scope_decontaminates_every_caption_of_an_eval_picture(tmp_path):
+    evals = tmp_path / "eval"
+    evals.mkdir()
+    drawing(7).resize((120, 120)).save(evals / "fox.png")
+    config = DedupConfig(scope="pair", decontaminate=str(evals))
+    out, stats = run_dedup(captioned_copies(), config, tmp_path / "out")
+    assert {key for key, row in out.items() if row[0] == CONTAMINATED} == {
+        f"p{i}" for i in range(1, 6)
+    }
+    assert out["q1"][0] == "ok" and stats[CONTAMINATED] == 5
 
 
 def corpus_pairs() -> list[Pair]:

@@ -91,6 +91,17 @@ def test_lang_en_drops_other_languages_and_records_them():
     assert all(v.updates["language"] != "en" for v in dropped if v.reason == "other_language")
 
 
+def test_lang_keeps_a_wanted_language_that_langdetect_ranks_second():
+    """On three words langdetect's trials split: Lithuanian comes first for this English."""
+    caption = "smirking face emoji"
+    found = lang.probabilities(caption)
+    assert found[0][0] != "en" and dict(found)["en"] >= 0.25, found
+    assert check_language(pair(caption), LangConfig()) == Verdict(None, {"language": "en"})
+    strict = check_language(pair(caption), LangConfig(lang_min_prob=0.9))
+    assert strict == Verdict("low_confidence", {"language": found[0][0]})
+    assert check_language(pair(caption), LangConfig(lang=("fr",))).reason == "other_language"
+
+
 def test_lang_is_deterministic_across_fresh_detectors():
     captions = emoji_captions("de", 20, names_per_caption=1, seed=2)  # short: where it guesses
     first = [detect(c) for c in captions]
