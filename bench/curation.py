@@ -16,7 +16,8 @@ repeated URLs, foreign, placeholder captions, tiny, broken and dead images), ser
 Each pool trains the `tiny` CLIP for the same steps with the same seed, for every seed, and is
 evaluated on the same held-out set, never served: zero-shot top-1/top-5 over the held-out images
 of concepts named in English (synthetic: 240 images of 48 concepts; real: 100 Twemoji of 100
-emoji), and image-text retrieval recall@1/5 over those images captioned "a photo of a {name}".
+emoji), and image-text retrieval recall@1/5 over those images captioned "a photo of a {name}"
+and (`name_*`) captioned with the bare name, the phrasing the corpora's captions use.
 `--jobs N` trains N runs at once, each on its share of the cores (a run's figures do not depend
 on it). Prints one JSON line with every figure, and the means per pool.
 """
@@ -46,6 +47,8 @@ from demo.__main__ import build_corpus, write_heldout, write_queries  # noqa: E4
 from demo.server import CorpusServer  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
 from pipeline.shard import tar_bytes  # noqa: E402
+from trainer.checkpoint import load_model  # noqa: E402
+from trainer.evaluate import load_folder, retrieval  # noqa: E402
 from trainer.train import TrainConfig, train  # noqa: E402
 
 COMMON = ["--allowed-networks", "127.0.0.0/8", "--samples-per-shard", "1000", "--timeout", "2"]
@@ -83,6 +86,10 @@ def train_and_score(work: Path, pool: str, seed: int, steps: int, batch: int, th
     keep = ("zeroshot_top1", "zeroshot_top5", "image_to_text_R@1", "image_to_text_R@5",
             "text_to_image_R@1", "text_to_image_R@5")  # fmt: skip
     found = {k: round(v, 4) for k, v in metrics.items() if k in keep}
+    model, tokenizer, _ = load_model(Path(config.output) / "checkpoints" / "latest.pt")
+    images, labels, classes = load_folder(work / "heldout")
+    named = retrieval(model, tokenizer, images, [classes[label] for label in labels])
+    found |= {f"name_{k}": round(v, 4) for k, v in named.items() if k in keep}
     return {**found, "seconds": round(time.monotonic() - start)}
 
 
