@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import beam_runner  # noqa: E402
-from demo.__main__ import build_corpus, write_heldout, write_queries  # noqa: E402
+import recipe  # noqa: E402
+from demo.__main__ import RECIPE, build_corpus, write_heldout, write_queries  # noqa: E402
 from demo.server import CorpusServer  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
 from pipeline.shard import tar_bytes  # noqa: E402
@@ -56,9 +57,10 @@ RAW = ["--dedup", "none"]
 
 
 def curated(work: Path) -> list[str]:
-    return ["--filters", "lang,caption,image", "--min-side", "64",
-            "--dedup-scope", "pair", "--queries", str(work / "queries.txt"), "--max-per-query", "80",
-            "--decontaminate", str(work / "heldout")]  # fmt: skip
+    """The demo recipe's crawl options, with its `{output}` at `work` (where the bench writes
+    the URL list, queries and held-out images under the same names)."""
+    options = recipe.load_recipe(str(RECIPE), [f"output={work}"])["crawl"]
+    return recipe.as_flags({k: v for k, v in options.items() if k != "input"})
 
 
 def heldout_shard(heldout: list[tuple[bytes, str]], path: Path) -> None:
