@@ -3,9 +3,12 @@
 `UrlDedup` groups pairs by normalised URL; `ImageDedup` groups crawled images by a digest of
 their pixels (exact), then by 64-bit perceptual hash with locality-sensitive banding (near):
 each hash is split into bands, a GroupByKey per (band, bits) bucket finds candidates, which are
-compared by Hamming distance, and matches are unioned into groups. Evaluation images enter the
-same buckets, so decontamination costs no extra pass. In every group the smallest key survives,
-so the result is the same on any runner, whatever order it processed elements in.
+compared by Hamming distance; each bucket is resolved locally into a star (n copies, n - 1
+edges) and the stars are joined by bounded GroupByKey rounds (`components`), so no step holds
+the run's matches and a picture repeated thousands of times costs linear work. Evaluation
+images enter the same buckets in a pass of their own, which takes contaminated images out of
+the graph first. In every group the smallest key survives, so the result is the same on any
+runner, whatever order it processed elements in.
 
 The scope says what a duplicate is. `image` (the default): one sample per picture. `pair`: a
 copy is dropped only when its caption also says the same (`caption_key`), so a picture the web
@@ -28,16 +31,17 @@ import apache_beam as beam
 from PIL import Image
 
 from manifests.schema import Pair, error
+from pipeline.components import ConnectedComponents
 from pipeline.dedup_groups import (
     CONTAMINATED,
     DUP_EXACT,
     DUP_NEAR,
     ExactGroup,
-    ResolveGroups,
     Sig,
     apply_decision,
+    bucket_edges,
     bucket_entries,
-    compare_bucket,
+    bucket_hits,
     eval_entries,
     exact_group,
     node_decisions,
@@ -229,6 +233,7 @@ IMAGE_STATS = (
     CONTAMINATED,
     "eval_images",
     "eval_unreadable",
+    "residual_edges",
 )
 
 
@@ -284,38 +289,66 @@ class ImageDedup(beam.PTransform):
             groups
             | "KeyByNode" >> beam.Map(lambda g: (g.node, g))
             | "GroupByNode" >> beam.GroupByKey()
-            | "Listed" >> beam.MapTuple(lambda node, gs: (node, sorted(gs)))
+            | "ByNodeKey" >> beam.MapTuple(lambda node, gs: (min(gs).rep, (node, sorted(gs))))
         )
-        entries = [
-            nodes | "NodeBands" >> beam.FlatMapTuple(lambda n, gs: bucket_entries(n, gs, layout))
-        ]
+        verdicts, clean = [], nodes
         if self._eval_paths:
-            entries.append(self._eval_entries(nodes.pipeline, layout, events))
-        verdicts = (
-            entries
-            | "MergeEntries" >> beam.Flatten()
-            | "GroupByBand" >> beam.GroupByKey()
-            | "Compare"
-            >> beam.FlatMapTuple(
-                lambda _, es: compare_bucket(
-                    list(es), config.threshold, config.near, config.colour_distance
-                )
+            hits = self._contaminated(nodes, layout, events)
+            verdicts.append(
+                hits | "Contaminated" >> beam.MapTuple(lambda k, i: (k, (CONTAMINATED, i)))
             )
-            | "Union" >> beam.CombineGlobally(ResolveGroups())
-            | "Verdicts" >> beam.FlatMap(lambda verdicts: sorted(verdicts.items()))
-        )
+            clean = (
+                {"node": nodes, "hit": hits}
+                | "JoinHits" >> beam.CoGroupByKey()
+                | "Clean" >> beam.FlatMapTuple(lambda k, j: [] if j["hit"] else [(k, j["node"][0])])
+            )
+        if config.near:
+            components = (
+                clean
+                | "NodeBands" >> beam.FlatMap(lambda kn: bucket_entries(*kn[1], layout))
+                | "GroupByBand" >> beam.GroupByKey()
+                | "BucketStars"
+                >> beam.FlatMapTuple(
+                    lambda _, es: bucket_edges(list(es), config.threshold, config.colour_distance)
+                )
+                | "Components" >> ConnectedComponents()
+            )
+            events.append(components["events"])
+            labels = components["labels"]
+            verdicts.append(
+                labels | "NearVerdicts" >> beam.MapTuple(lambda k, s: (k, (DUP_NEAR, s)))
+            )
         return (
-            {"node": nodes, "verdict": verdicts}
+            {"node": nodes, "verdict": verdicts | "MergeVerdicts" >> beam.Flatten()}
             | "JoinVerdicts" >> beam.CoGroupByKey()
             | "NodeDecisions"
             >> beam.FlatMapTuple(
                 lambda _, joined: node_decisions(
-                    joined["node"][0],
+                    joined["node"][0][1],
                     joined["verdict"][0] if joined["verdict"] else None,
                     config.near,
                     config.threshold,
                 )
             )
+        )
+
+    def _contaminated(self, nodes, layout, events: list):
+        """(node key, evaluation id) of each node near an evaluation image: a pass of its own,
+        so contaminated nodes leave the graph before the components and never bridge two
+        clean groups."""
+        config = self._config
+        return (
+            (
+                nodes | "HitBands" >> beam.FlatMap(lambda kn: bucket_entries(*kn[1], layout)),
+                self._eval_entries(nodes.pipeline, layout, events),
+            )
+            | "MergeEntries" >> beam.Flatten()
+            | "GroupHitBands" >> beam.GroupByKey()
+            | "Hits"
+            >> beam.FlatMapTuple(
+                lambda _, es: bucket_hits(list(es), config.threshold, config.colour_distance)
+            )
+            | "FirstHit" >> beam.CombinePerKey(min)
         )
 
     def _eval_entries(self, pipeline, layout, events: list):

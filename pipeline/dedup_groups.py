@@ -2,23 +2,25 @@
 
 Records are small tuples (never the pairs or their JPEGs): `Sig` per image, `ExactGroup` per
 set of identical pixels (and, in the `pair` scope, captions with one `caption_key`); a node is
-the exact groups that share one perceptual hash, colour signature and caption key, named by
-that triple. LSH buckets yield matches between nodes (and evaluation images): within the
-Hamming threshold on some hash (an image's own, or one of its views against the other's), with
-colours that agree and, between nodes, the same caption key. `ResolveGroups` unions them, and
-`node_decisions` turns a node's verdict into a status per pair. A union is transitive: a
-greyscale copy, which agrees with every colouring, joins two recoloured versions it matches.
+the exact groups that share one perceptual hash, colour signature and caption key, and is
+named in the graph by its smallest key. LSH buckets yield matches between nodes (and
+evaluation images): within the Hamming threshold on some hash (an image's own, or one of its
+views against the other's), with colours that agree and, between nodes, the same caption key.
+`bucket_hits` finds the contaminated nodes; `bucket_edges` resolves each bucket into stars,
+which `components.ConnectedComponents` joins; `node_decisions` turns a node's verdict into a
+status per pair. Components are transitive: a greyscale copy, which agrees with every
+colouring, joins two recoloured versions it matches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import NamedTuple
 
-import apache_beam as beam
-
 from manifests.schema import Pair
-from pipeline.hashing import Groups, band_keys, close_pairs, colours_agree
+from pipeline.components import BucketRows, Edge, bucket_stars
+from pipeline.hashing import band_keys, close_pairs, colours_agree
 
 DUP_EXACT = "dup:exact"
 DUP_NEAR = "dup:near"
@@ -89,61 +91,34 @@ def eval_entries(ident: str, values: tuple[int, ...], colour: bytes, layout):
             yield bucket, ("eval", ident, value, colour)
 
 
-def compare_bucket(entries: list[tuple], threshold: int, near: bool, colour_distance):
-    """Matches in one bucket: ("edge", (node, key, node, key)) between nodes within `threshold`
-    whose colours agree and whose caption keys are equal, and ("hit", (node, eval id)) for a
-    node near an evaluation image, whatever its caption."""
+def bucket_edges(entries: list[tuple], threshold: int, colour_distance) -> Iterator[Edge]:
+    """One bucket's matches between nodes, resolved locally into stars: (key, smallest key of
+    its component in this bucket), so n copies in one bucket cost n - 1 edges."""
     nodes = sorted({e[1:] for e in entries if e[0] == "node"})
+    if len(nodes) < 2:
+        return iter(())
+    rows = BucketRows(
+        [n[1] for n in nodes],
+        [n[2] for n in nodes],
+        [n[0][2] for n in nodes],
+        [n[3] for n in nodes],
+    )
+    return bucket_stars(rows, threshold, colour_distance)
+
+
+def bucket_hits(entries: list[tuple], threshold: int, colour_distance):
+    """(node key, smallest evaluation id) of each node in one bucket near an evaluation image,
+    whatever its caption."""
+    nodes = sorted({e[2:] for e in entries if e[0] == "node"})
     evals = sorted({e[1:] for e in entries if e[0] == "eval"})
-    if near and len(nodes) > 1:
-        for i, j in close_pairs((n[2] for n in nodes), None, threshold):
-            a, b = nodes[i], nodes[j]
-            same_text = a[0][2] == b[0][2]
-            if a[0] != b[0] and same_text and colours_agree(a[3], b[3], colour_distance):
-                yield "edge", (a[0], a[1], b[0], b[1])
-    if nodes and evals:
-        for i, j in close_pairs((n[2] for n in nodes), (e[1] for e in evals), threshold):
-            if colours_agree(nodes[i][3], evals[j][2], colour_distance):
-                yield "hit", (nodes[i][0], evals[j][0])
-
-
-class ResolveGroups(beam.CombineFn):
-    """Union the matches into groups: node -> (CONTAMINATED, eval id) or (DUP_NEAR,
-    smallest key of its group). Contaminated nodes are taken out before the union, so they
-    never bridge two clean groups. Holds the matches only, never every image."""
-
-    def create_accumulator(self):
-        return set(), {}
-
-    def add_input(self, acc, match):
-        edges, hits = acc
-        kind, payload = match
-        if kind == "edge":
-            edges.add(payload)
-        else:
-            node, ident = payload
-            hits[node] = min(ident, hits.get(node, ident))
-        return acc
-
-    def merge_accumulators(self, accs):
-        edges, hits = set(), {}
-        for acc_edges, acc_hits in accs:
-            edges |= acc_edges
-            for node, ident in acc_hits.items():
-                hits[node] = min(ident, hits.get(node, ident))
-        return edges, hits
-
-    def extract_output(self, acc) -> dict:
-        edges, hits = acc
-        groups = Groups()
-        for a, key_a, b, key_b in edges:
-            if a not in hits and b not in hits:
-                groups.add(a, key_a)
-                groups.add(b, key_b)
-                groups.union(a, b)
-        verdicts = {node: (DUP_NEAR, key) for node, key in groups.survivors().items()}
-        verdicts.update({node: (CONTAMINATED, ident) for node, ident in hits.items()})
-        return verdicts
+    if not (nodes and evals):
+        return
+    hits: dict[str, str] = {}
+    for i, j in close_pairs((n[1] for n in nodes), (e[1] for e in evals), threshold):
+        (key, _value, colour), ident = nodes[i], evals[j][0]
+        if colours_agree(colour, evals[j][2], colour_distance):
+            hits[key] = min(ident, hits.get(key, ident))
+    yield from sorted(hits.items())
 
 
 def node_decisions(groups: list[ExactGroup], verdict: tuple | None, near: bool, threshold: int):
