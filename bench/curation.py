@@ -47,7 +47,7 @@ import recipe  # noqa: E402
 from demo.__main__ import RECIPE, build_corpus, write_heldout, write_queries  # noqa: E402
 from demo.server import CorpusServer  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
-from pipeline.shard import tar_bytes  # noqa: E402
+from pipeline.writers import write_samples  # noqa: E402
 from trainer.checkpoint import load_model  # noqa: E402
 from trainer.evaluate import load_folder, retrieval  # noqa: E402
 from trainer.train import TrainConfig, train  # noqa: E402
@@ -67,7 +67,8 @@ def heldout_shard(heldout: list[tuple[bytes, str]], path: Path) -> None:
     """The held-out images as a retrieval set, each captioned with its concept."""
     pairs = [Pair(key=f"{i:06d}", url="", caption=f"a photo of a {concept}", image=jpeg)
              for i, (jpeg, concept) in enumerate(heldout)]  # fmt: skip
-    path.write_bytes(tar_bytes(pairs))
+    with path.open("wb") as stream:
+        write_samples(stream, pairs)
 
 
 def crawl(work: Path, name: str, extra: list[str]) -> dict:

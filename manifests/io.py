@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -36,15 +39,28 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write under a unique temporary name, then rename: readers never see a partial file,
-    and a retried bundle writing the same path concurrently cannot interleave with another."""
+@contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+    """A file to stream into under a unique temporary name, renamed to `path` when the block
+    completes and deleted when it raises: readers never see a partial file, and a retried
+    bundle writing the same path concurrently cannot interleave with another."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(data)
+    try:
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            yield f
+    except BaseException:
+        if FileSystems.exists(tmp):
+            FileSystems.delete([tmp])
+        raise
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write `data` to `path` through `atomic_file`."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def ensure_writable_dir(path: str) -> None:

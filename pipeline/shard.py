@@ -3,8 +3,9 @@
 Each pair goes to bucket `hash(key) % n`, with n = ceil(kept / samples_per_shard) from a global
 count, so shard names and contents are deterministic and no two workers ever write the same
 file, whatever the runner or the order it processed elements in. A bucket writes
-`shards/NNNNN.tar` (its kept pairs, sorted by key) and `manifest/NNNNN.parquet` (all of its
-pairs, dropped ones included, with their status), both atomically.
+`shards/NNNNN.tar` (its kept pairs, sorted by key, streamed through `writers` to a temporary
+file renamed when complete) and `manifest/NNNNN.parquet` (all of its pairs, dropped ones
+included, with their status), both atomically.
 """
 
 from __future__ import annotations
@@ -19,14 +20,10 @@ from dataclasses import replace
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
-from webdataset import TarWriter
 
-from manifests.io import join, write_atomic
+from manifests.io import atomic_file, join, write_atomic
 from manifests.schema import Pair, manifest_table
-
-# Fixed tar metadata, so a rerun writes byte-identical shards.
-_TAR_MTIME = 946684800.0  # 2000-01-01
-_TAR_OWNER = "openwit"
+from pipeline.writers import write_samples
 
 
 def shard_count(kept: int, samples_per_shard: int) -> int:
@@ -43,29 +40,14 @@ def shard_name(bucket: int) -> str:
     return f"{bucket:05d}"
 
 
-def tar_bytes(pairs: list[Pair]) -> bytes:
-    """A WebDataset tar of `pairs`: KEY.jpg, KEY.txt, KEY.json each, in the order given."""
-    out = io.BytesIO()
-    with TarWriter(out, user=_TAR_OWNER, group=_TAR_OWNER, mtime=_TAR_MTIME, encoder=False) as tar:
-        for pair in pairs:
-            tar.write(
-                {
-                    "__key__": pair.key,
-                    "jpg": pair.image,
-                    "txt": pair.caption.encode("utf-8"),
-                    "json": json.dumps(pair.sample_metadata(), sort_keys=True).encode("utf-8"),
-                }
-            )
-    return out.getvalue()
-
-
 def write_bucket(bucket: int, pairs: list[Pair], output: str) -> dict:
     """Write one bucket's shard and manifest part; return its summary for stats.json."""
     name = shard_name(bucket)
     pairs = sorted(pairs, key=lambda p: p.key)
     kept = [replace(p, shard=f"{name}.tar") for p in pairs if p.is_ok]
     if kept:
-        write_atomic(join(output, "shards", f"{name}.tar"), tar_bytes(kept))
+        with atomic_file(join(output, "shards", f"{name}.tar")) as stream:
+            write_samples(stream, kept)
     rows = [p for p in pairs if not p.is_ok] + kept
     rows.sort(key=lambda p: p.key)
     parquet = io.BytesIO()
