@@ -1,0 +1,166 @@
+"""Memory benchmark: the local runner's peak RSS (the whole process tree, sampled) by list size.
+
+    python bench/memory.py [--sizes 2000,20000,100000]
+
+A fast loopback web of distinct photo-like pictures: a server process draws `ceil(n / 48)`
+pictures once and serves URL i as picture i mod that count under one of 48 variants (the 8
+flips and rotations times 6 orders of the colour channels), re-encoded as JPEG per request, so
+every URL is its own picture for the dedup (flips move the perceptual hash, channel orders the
+colour signature) while the server holds a few MB. `beam_runner.py` crawls each list with its
+defaults (dedup on) in a fresh process; its tree's RSS (it and every child, from /proc) is
+sampled every 0.2 s. Prints one JSON line: per size the peak, the time and the ok count, and the
+peak of the largest list over that of the smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import subprocess
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw, ImageFilter
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = 48  # 8 dihedral transforms x 6 channel orders
+_TRANSPOSES = (None, *Image.Transpose)  # the identity and Pillow's 7 flips and rotations
+_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def picture(index: int) -> Image.Image:
+    """A photo-like 480x360 picture: a smooth colour field, shapes, blur and grain."""
+    rng = np.random.default_rng(index)
+    cells = rng.integers(0, 256, (int(rng.integers(3, 8)), int(rng.integers(3, 8)), 3))
+    image = Image.fromarray(cells.astype(np.uint8)).resize((480, 360), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 7))):
+        x, y = sorted(rng.integers(0, 480, 2)), sorted(rng.integers(0, 360, 2))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse((int(x[0]), int(y[0]), int(x[1]), int(y[1])), fill=fill)
+    image = image.filter(ImageFilter.GaussianBlur(1.0))
+    grain = rng.normal(0, 5, (360, 480, 1))
+    return Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8))
+
+
+def variant(base: Image.Image, number: int) -> bytes:
+    transpose, order = _TRANSPOSES[number % 8], _ORDERS[number // 8]
+    image = base if transpose is None else base.transpose(transpose)
+    image = Image.merge("RGB", [image.getchannel(c) for c in order])
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=88)
+    return out.getvalue()
+
+
+def serve(count: int, port_file: Path) -> None:
+    """Serve /img/I.jpg for I < count until killed (run in its own process)."""
+    bases = [picture(i) for i in range(math.ceil(count / VARIANTS))]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            name = self.path.rsplit("/", 1)[-1].removesuffix(".jpg")
+            if not name.isdigit() or int(name) >= count:
+                self.send_error(404)
+                return
+            body = variant(bases[int(name) % len(bases)], int(name) // len(bases))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address) -> None:
+            pass  # a client that hangs up mid-body is not news
+
+    server = Server(("127.0.0.1", 0), Handler)
+    port_file.write_text(str(server.server_address[1]))
+    server.serve_forever()
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (0 once it has exited)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            tasks = Path(f"/proc/{current}/task").iterdir()
+            todo += [int(c) for t in tasks for c in (t / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        rss = next((line for line in status.splitlines() if line.startswith("VmRSS:")), None)
+        total += int(rss.split()[1]) * 1024 if rss else 0
+    return total
+
+
+def crawl(urls: Path, out: Path) -> tuple[float, int, int]:
+    """(seconds, peak tree RSS, ok rows) of a default crawl of `urls` in a fresh process."""
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    command = [sys.executable, str(ROOT / "beam_runner.py"), "--input", str(urls)]
+    command += ["--output", str(out), "--allowed-networks", "127.0.0.0/8"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"the crawl of {urls} failed with {proc.returncode}")
+    ok = json.loads((out / "stats.json").read_text())["status_counts"].get("ok", 0)
+    return seconds, peak, ok
+
+
+def measure(size: int, work: Path) -> dict:
+    port_file = work / f"port-{size}"
+    port_file.unlink(missing_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(size), "--port-file", str(port_file)]
+    )
+    try:
+        while not (port_file.exists() and port_file.read_text()):
+            time.sleep(0.1)
+        base = f"http://127.0.0.1:{port_file.read_text()}/img"
+        urls = work / f"urls-{size}.parquet"
+        rows = [{"url": f"{base}/{i}.jpg", "caption": f"picture {i}"} for i in range(size)]
+        pq.write_table(pa.Table.from_pylist(rows), urls)
+        seconds, peak, ok = crawl(urls, work / f"out-{size}")
+    finally:
+        server.kill()
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 2**20), "ok": ok}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="2000,20000,100000")
+    parser.add_argument("--work", default=str(ROOT / "bench_out" / "memory"))
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, Path(args.port_file))
+        return
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    runs = {str(size): measure(size, work) for size in sizes}
+    smallest, largest = runs[str(sizes[0])], runs[str(sizes[-1])]
+    ratio = round(largest["peak_rss_mb"] / smallest["peak_rss_mb"], 2)
+    print(json.dumps({"runs": runs, "peak_ratio_largest_over_smallest": ratio}))
+
+
+if __name__ == "__main__":
+    main()
