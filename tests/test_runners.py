@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,3 +83,20 @@ def test_help_names_the_default_runner_and_the_refused_one(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "with no --runner, Beam's FnApiRunner in this process" in text
     assert "DaskRunner is refused" in text
+
+
+def test_documented_runner_blocks_are_beam_options():
+    """Every `runner:` block of the README and docs/scaling.md parses, as recipe.py passes it,
+    into known options of the installed Beam (a stale --flink_version would fail here)."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text() + (root / "docs" / "scaling.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    runner_blocks = [b["runner"] for b in blocks if isinstance(b, dict) and "runner" in b]
+    assert {b.get("runner") for b in runner_blocks} >= {"DataflowRunner", "FlinkRunner",
+                                                         "SparkRunner", None}  # fmt: skip
+    for block in runner_blocks:
+        known = PipelineOptions([f"--{k}={v}" for k, v in block.items()]).get_all_options()
+        assert set(block) <= set(known), set(block) - set(known)
+        for key, value in block.items():
+            assert str(value) in str(known[key]), key
+        runners.check(block.get("runner"))
