@@ -154,7 +154,7 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult | N
     try:
         runner = runners.select(options)  # the pinned local default unless --runner names one
     except runners.RefusedRunner as refused:
-        parser.error(str(refused))
+        parser.exit(2, f"{parser.prog}: error: {refused}\n")  # no usage: it is not a typo
     config = config_from_args(args)
     pipeline = beam.Pipeline(runner=runner, options=options)
     if build(pipeline, config) is None:

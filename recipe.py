@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return run(args.recipe, only, args.set)
     except runners.RefusedRunner as refused:
-        parser.error(f"{args.recipe}: {refused}")
+        parser.exit(2, f"{parser.prog}: error: {args.recipe}: {refused}\n")
 
 
 if __name__ == "__main__":
