@@ -4,6 +4,12 @@
 
 Known options are parsed here; everything else (--runner, --direct_num_workers, Dataflow's
 --project/--region/--temp_location, ...) goes to Beam's PipelineOptions, as in Beam's examples.
+
+Runner: with no --runner, Beam's FnApiRunner in this process, the runner the tests use (add
+--direct_num_workers N --direct_running_mode multi_processing for N processes); Beam's own
+default, the DirectRunner, would first download and try Prism. --runner DataflowRunner,
+FlinkRunner, SparkRunner or PortableRunner for a cluster (docs/scaling.md); DaskRunner is
+refused, it loses data.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from filters.image_size import ImageSizeConfig
 from manifests.readers import FORMATS, InputSpec
 from pipeline import balance as balance_options
 from pipeline import dedup as dedup_options
+from pipeline import runners
 from pipeline.crawl import CrawlConfig
 from pipeline.fetch import USER_AGENT, FetchPolicy
 from pipeline.graph import PipelineConfig, build
@@ -140,11 +147,16 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult | None:
     """Parse `argv`, build the graph and run it to completion (None: output already complete)."""
-    args, beam_args = make_parser().parse_known_args(argv)
-    config = config_from_args(args)
+    parser = make_parser()
+    args, beam_args = parser.parse_known_args(argv)
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = False
-    pipeline = beam.Pipeline(options=options)
+    try:
+        runner = runners.select(options)  # the pinned local default unless --runner names one
+    except runners.RefusedRunner as refused:
+        parser.exit(2, f"{parser.prog}: error: {refused}\n")  # no usage: it is not a typo
+    config = config_from_args(args)
+    pipeline = beam.Pipeline(runner=runner, options=options)
     if build(pipeline, config) is None:
         return None
     result = pipeline.run()

@@ -10,8 +10,8 @@ A recipe (YAML) names the output folder and each step's options:
       input: gs://my-bucket/lists/*.parquet
       filters: lang,caption,image
       queries: gs://my-bucket/queries.tsv
-    runner:                         # Beam pipeline options (DataflowRunner, FlinkRunner, ...)
-      runner: DataflowRunner
+    runner:                         # Beam pipeline options; without: the local FnApiRunner
+      runner: DataflowRunner        # or FlinkRunner, SparkRunner, PortableRunner (DaskRunner: refused)
       project: my-project
     train:                          # trainer options (`python -m trainer train --help`)
       model: ViT-B-32
@@ -39,6 +39,7 @@ import yaml
 
 import beam_runner
 from manifests.report import build_report
+from pipeline import runners
 
 STEPS = ("crawl", "train", "eval", "report")
 log = logging.getLogger("recipe")
@@ -165,6 +166,7 @@ def evaluate(recipe: dict) -> dict | None:
 def run(path: str, only: tuple[str, ...] = STEPS, overrides: list[str] = ()) -> dict:
     """Run the recipe's steps in order; returns what each produced."""
     recipe = load_recipe(path, overrides)
+    runners.check((recipe.get("runner") or {}).get("runner"))  # before any step runs
     out = Path(recipe["output"])
     done: dict = {}
     if "crawl" in only:
@@ -200,7 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = set(only) - set(STEPS)
     if unknown:
         parser.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
-    return run(args.recipe, only, args.set)
+    try:
+        return run(args.recipe, only, args.set)
+    except runners.RefusedRunner as refused:
+        parser.exit(2, f"{parser.prog}: error: {args.recipe}: {refused}\n")
 
 
 if __name__ == "__main__":
