@@ -113,15 +113,22 @@ def load_labelled_shards(pattern: str, field: str = "label", names: list[str] | 
 
 
 @torch.no_grad()
-def zero_shot(model: CLIP, tokenizer: CaptionTokenizer, images: list[Image.Image],
-              labels: list[int], classes: list[str], templates=TEMPLATES) -> dict:  # fmt: skip
-    """Top-1, top-5 and mean per-class recall, classifying by the classes' English names."""
+def class_logits(model: CLIP, tokenizer: CaptionTokenizer, images: list[Image.Image],
+                 classes: list[str], templates=TEMPLATES) -> torch.Tensor:  # fmt: skip
+    """(N, classes) cosines of each image with each class's mean prompt embedding."""
     model.eval()
     weights = []
     for name in classes:
         embedded = _embed_texts(model, tokenizer, [t.format(name) for t in templates]).mean(0)
         weights.append(embedded / embedded.norm())
-    logits = _embed_images(model, images) @ torch.stack(weights).T  # (N, classes)
+    return _embed_images(model, images) @ torch.stack(weights).T
+
+
+@torch.no_grad()
+def zero_shot(model: CLIP, tokenizer: CaptionTokenizer, images: list[Image.Image],
+              labels: list[int], classes: list[str], templates=TEMPLATES) -> dict:  # fmt: skip
+    """Top-1, top-5 and mean per-class recall, classifying by the classes' English names."""
+    logits = class_logits(model, tokenizer, images, classes, templates)  # (N, classes)
     target = torch.tensor(labels)
     top = logits.topk(min(5, len(classes)), dim=1).indices
     hit1, hit5 = top[:, 0] == target, (top == target[:, None]).any(1)
