@@ -1,7 +1,8 @@
 """Training data: the pipeline's WebDataset shards as an endless, deterministic batch stream.
 
-webdataset's tar reader reads the shards, opened from local paths, fsspec URLs (gs://, s3://,
-https://...) or `pipe:` commands' stdout; epoch e visits the shards in an order drawn from
+The shards are read as streamed tars (webdataset's sample grouping, tar members over a size
+cap skipped unread), opened from local paths, fsspec URLs (gs://, s3://, https://...) or
+`pipe:` commands' stdout; epoch e visits the shards in an order drawn from
 (seed, e), the same on every rank, split by rank and by DataLoader worker; a seeded buffer
 shuffles samples.
 Every random choice (the order, the buffer, each crop) comes from the seed, the epoch and the
@@ -36,7 +37,6 @@ import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.gopen import gopen_schemes
 
 from pipeline.imaging import to_rgb
 
@@ -205,15 +205,6 @@ def read_shards(shards: list[str], handler: Callable[[Exception], bool],
     """The samples (`__key__`, `jpg`, `txt`...) of `shards` in order, opened by `open_shard`."""
     files = _shard_files(shards, handler, max_bytes)
     return wds.tariterators.group_by_keys(files, handler=handler)
-
-
-def _open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_):
-    """webdataset's opener for the URL schemes it has no handler of its own for (s3://, gcs://,
-    az://, hdfs://...), for `evaluate`, which still reads through `wds.WebDataset`."""
-    return fsspec.open(url, mode).open()
-
-
-gopen_schemes["__default__"] = _open_with_fsspec
 
 
 def _seed(*parts: object) -> int:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
-from trainer.data import IMAGE_KEYS, expand_shards, preprocess_eval
+from trainer.data import IMAGE_KEYS, expand_shards, preprocess_eval, read_shards
 from trainer.model import CLIP
 from trainer.tokenizer import CaptionTokenizer
 
@@ -71,8 +70,15 @@ def load_folder(folder: str | Path, names: list[str] | None = None):
 
 def _shard_samples(pattern: str, limit: int):
     """(image, caption, metadata) of the shards' samples, undecodable ones skipped and logged."""
-    reader = wds.WebDataset(expand_shards(pattern), shardshuffle=False, empty_check=False,
-                            handler=wds.warn_and_continue)  # fmt: skip
+    errors = 0
+
+    def read_error(exc: Exception) -> bool:
+        nonlocal errors
+        errors += 1
+        log.warning("eval: skipped unreadable shard data (%d so far): %s", errors, exc)
+        return True
+
+    reader = read_shards(expand_shards(pattern), read_error)  # tar members capped in size
     count, skipped = 0, 0
     for sample in reader:
         if count >= limit:
