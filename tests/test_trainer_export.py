@@ -9,6 +9,7 @@ the way open_clip's CLIP computes it (transformer.py, model.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -25,6 +26,7 @@ from trainer.__main__ import main
 from trainer.data import preprocess_eval
 from trainer.evaluate import TEMPLATES, class_logits, load_folder
 from trainer.model import CONFIGS, CLIPConfig
+from trainer.tokenizer import CaptionTokenizer
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the hub
 transformers = pytest.importorskip("transformers")
@@ -226,3 +228,19 @@ def test_open_clip_export_has_open_clips_layout_and_matches(run, tmp_path):
             weights.append(mean / mean.norm())
         predicted = (oc_encode_image(sd, cfg, pixels) @ torch.stack(weights).T).argmax(1).tolist()
     assert predicted == openwit_predictions(model, tokenizer, images, classes)
+
+
+def test_a_sigmoid_loss_models_bias_is_kept(tmp_path):
+    """An untrained SigLIP checkpoint (no run records): its logit bias goes to open_clip's
+    `logit_bias` and to HF's config and card (CLIPModel has none), and HF still loads it."""
+    tokenizer = CaptionTokenizer.train(CAPTIONS * 4, 300, MICRO.context_length)
+    config = dataclasses.replace(MICRO, vocab_size=tokenizer.vocab_size, siglip=True)
+    checkpoint.save_initial(tmp_path / "init.pt", config, tokenizer)
+    for fmt in ("hf", "open_clip"):
+        main(["export", "--checkpoint", str(tmp_path / "init.pt"), "--format", fmt,
+              "--output", str(tmp_path / fmt)])  # fmt: skip
+    assert load_file(tmp_path / "open_clip" / "open_clip_model.safetensors")["logit_bias"] == -10
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["openwit_logit_bias"] == -10
+    transformers.CLIPModel.from_pretrained(tmp_path / "hf", local_files_only=True)
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "logit bias -10" in card and "Evaluation: none recorded" in card

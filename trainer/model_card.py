@@ -83,16 +83,16 @@ def render(source: Source, fmt: str, stats: str | None = None) -> str:
         "---", "library_name: " + ("transformers" if fmt == "hf" else "open_clip"),
         "tags: [clip, openwit, zero-shot-image-classification]", "---", "",
         "# CLIP pretrained with openwit", "",
-        f"A ViT-{c.patch_size} image tower ({c.image_size} px, width {c.vision_width}, "
-        f"{c.vision_layers} layers, {c.vision_heads} heads) and a causal text tower (context "
-        f"{c.context_length}, vocabulary {c.vocab_size}, width {c.text_width}, "
-        f"{c.text_layers} layers, {c.text_heads} heads) projected to {c.embed_dim} dimensions; "
-        "exact GELU; a byte-level BPE tokenizer trained on the captions.", "",
+        f"A ViT image tower ({c.image_size} px, patch {c.patch_size}, width {c.vision_width}, "
+        f"layers {c.vision_layers}, heads {c.vision_heads}) and a causal text tower (context "
+        f"{c.context_length}, vocabulary {c.vocab_size}, width {c.text_width}, layers "
+        f"{c.text_layers}, heads {c.text_heads}) projected to {c.embed_dim} dimensions; exact "
+        "GELU; a byte-level BPE tokenizer trained on the captions.", "",
         "## Use", "", USAGE[fmt], "",
         "## Data", "", f"Shards: `{train.get('shards', 'unknown')}`", "", *_data(stats_path), "",
         "## Training", "",
         f"{step} steps of {train.get('steps', step)} ({step * per_step} samples seen, "
-        f"{per_step} per step over {world} process(es)); loss `{train.get('loss', '?')}`, "
+        f"{per_step} per step over {world} processes); loss `{train.get('loss', '?')}`, "
         f"lr {train.get('lr', '?')}, warmup {train.get('warmup', '?')}, weight decay "
         f"{train.get('weight_decay', '?')}, seed {train.get('seed', '?')}.", "",
         "## Evaluation", "", *_evaluation(run), "",
