@@ -123,9 +123,9 @@ def trained_steps(folder: Path) -> int:
     path = folder / "checkpoints" / "latest.pt"
     if not path.exists():
         return 0
-    import torch
+    from trainer.checkpoint import read_step
 
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["step"])
+    return read_step(path)
 
 
 def train(recipe: dict) -> bool:

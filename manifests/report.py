@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import json
+import logging
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -25,6 +26,8 @@ import pyarrow.parquet as pq
 
 from manifests.query_counts import PLOT as QUERY_PLOT
 
+log = logging.getLogger(__name__)
+MAX_MEMBER_BYTES = 64 << 20  # the sample grid's cap on a tar member (images are far smaller)
 READ_ERRORS = {"error:missing_url", "error:bad_row", "error:bad_encoding", "error:unreadable_input"}
 STAGES = (  # (stage, how to tell its drops) in pipeline order
     ("read", "input rows that could not be read"),
@@ -131,15 +134,21 @@ def plots(stats: dict, manifest: list[dict]) -> dict[str, bytes]:
 
 
 def samples(output: Path, limit: int = 24) -> list[tuple[str, bytes]]:
-    """(caption, JPEG) of the first `limit` samples of the first shards."""
+    """(caption, JPEG) of the first `limit` samples of the first shards; a sample with a member
+    over MAX_MEMBER_BYTES (a sparse one expands to its full size) is skipped unread, logged."""
     found: list[tuple[str, bytes]] = []
     for path in sorted((output / "shards").glob("*.tar")):
         with tarfile.open(path) as tar:
             members = {m.name: m for m in tar.getmembers()}
             for name in sorted(members):
                 if name.endswith(".jpg") and len(found) < limit:
-                    caption = tar.extractfile(members[name[:-4] + ".txt"]).read().decode()
-                    found.append((caption, tar.extractfile(members[name]).read()))
+                    pair = (members[name[:-4] + ".txt"], members[name])
+                    if max(m.size for m in pair) > MAX_MEMBER_BYTES:
+                        log.warning("report: skipped %s in %s: over %d bytes", name, path,
+                                    MAX_MEMBER_BYTES)  # fmt: skip
+                        continue
+                    caption, image = (tar.extractfile(m).read() for m in pair)
+                    found.append((caption.decode(), image))
         if len(found) >= limit:
             break
     return found

@@ -77,6 +77,6 @@ def test_two_process_training_resumes_exactly(two_processes):
     whole, split = _losses(two_processes / "whole"), _losses(two_processes / "split")
     assert len(whole) == 4 and len(set(whole)) == 4
     assert split == pytest.approx(whole, rel=1e-4, abs=1e-5)
-    payload = torch.load(two_processes / "split" / "checkpoints" / "latest.pt", weights_only=False)
+    payload = torch.load(two_processes / "split" / "checkpoints" / "latest.pt", weights_only=True)
     assert payload["step"] == 4 and len(payload["data"]) == 2 and len(payload["rng"]) == 2
     assert all(position["served"] == 4 for position in payload["data"])

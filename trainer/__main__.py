@@ -1,4 +1,4 @@
-"""`python -m trainer train|eval|init ...` (also under torchrun for several processes)."""
+"""`python -m trainer train|eval|init|export ...` (train also under torchrun, on many processes)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typing
 
 import torch
 
-from trainer import checkpoint
+from trainer import checkpoint, resume
 from trainer.evaluate import (
     TEMPLATES,
     load_folder,
@@ -21,23 +21,25 @@ from trainer.evaluate import (
     retrieval,
     zero_shot,
 )
+from trainer.export import FORMATS, export
 from trainer.model import CONFIGS
 from trainer.tokenizer import CaptionTokenizer
 from trainer.train import TrainConfig, train
 
 
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field; a flag not given is absent from the parsed namespace (the
+    dataclass's default applies, or, on resume, the checkpoint's setting)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         hint = hints[field.name]
         kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=field.default)
-        elif field.default is dataclasses.MISSING:
-            parser.add_argument(flag, type=kind, required=True)
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag, type=kind, default=field.default)
+            required = field.default is dataclasses.MISSING
+            parser.add_argument(flag, type=kind, required=required, default=argparse.SUPPRESS)
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -64,7 +66,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_dataclass_args(commands.add_parser("train", help="pretrain CLIP on shards"), TrainConfig)
+    train_parser = commands.add_parser("train", help="pretrain CLIP on shards")
+    _add_dataclass_args(train_parser, TrainConfig)
     ev = commands.add_parser("eval", help="zero-shot and retrieval of a checkpoint")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--folder", help="zero-shot: a folder per class, named in English")
@@ -81,16 +84,28 @@ def main(argv: list[str] | None = None) -> dict:
     init.add_argument("--captions", required=True, help="a text file, one caption a line")
     init.add_argument("--vocab-size", type=int, default=4096)
     init.add_argument("--output", required=True)
+    ex = commands.add_parser("export", help="a checkpoint for transformers or open_clip")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--format", required=True, choices=FORMATS)
+    ex.add_argument("--output", required=True, help="a folder")
+    ex.add_argument("--stats", help="the shards' stats.json (default: found beside them)")
     args = parser.parse_args(argv)
 
     if args.command == "train":
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        result = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+        try:
+            settings = resume.inherit({k: v for k, v in vars(args).items() if k in fields})
+        except ValueError as exc:
+            train_parser.error(str(exc))
+        result = train(TrainConfig(**settings))
         summary = {"final_loss": result["losses"][-1] if result["losses"] else None,
                    "skipped_samples": result["skipped_samples"],
                    "read_errors": result["read_errors"], **result["metrics"]}  # fmt: skip
     elif args.command == "eval":
         summary = evaluate(args)
+    elif args.command == "export":
+        folder = export(args.checkpoint, args.format, args.output, args.stats)
+        summary = {"export": str(folder), "format": args.format}
     else:
         with open(args.captions, encoding="utf-8") as f:
             captions = [line.strip() for line in f if line.strip()]

@@ -2,11 +2,14 @@
 
 A checkpoint is self-contained: `load_model` needs nothing else, which is how `evaluate` and
 the pipeline's model-score filter use it. Files are written atomically (temp name, rename).
+Everything in one is a tensor or a plain value (dicts, lists, strings, numbers), so it loads
+with `torch.load(weights_only=True)`: a checkpoint someone hands you cannot run code.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -40,9 +43,27 @@ def save_initial(path: str | Path, config: CLIPConfig, tokenizer: CaptionTokeniz
     return model
 
 
+def load(path: str | Path, device: str = "cpu", mmap: bool = False) -> dict:
+    """A checkpoint's whole payload, tensors and plain values only (`weights_only=True`).
+
+    Anything else (a pickled object, which could run code as it loads) is refused with a
+    ValueError; `mmap` maps the tensors instead of reading them (to read the step cheaply).
+    """
+    try:
+        return torch.load(path, map_location=device, mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path}: refusing to load a checkpoint that holds more than tensors and plain "
+            f"values (it could run code); openwit writes none such ({exc})"
+        ) from exc
+
+
 def load_model(path: str | Path, device: str = "cpu") -> tuple[CLIP, CaptionTokenizer, CLIPConfig]:
     """The model (in eval mode), its tokenizer and config from a checkpoint."""
-    payload = torch.load(path, map_location=device, weights_only=False)
+    return model_from_payload(load(path, device), device)
+
+
+def model_from_payload(payload: dict, device: str = "cpu"):
     config = CLIPConfig(**payload["config"])
     tokenizer = CaptionTokenizer.from_json(payload["tokenizer"], config.context_length)
     model = CLIP(config, tokenizer.eot_id)
@@ -50,22 +71,32 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[CLIP, CaptionToke
     return model.to(device).eval(), tokenizer, config
 
 
-def load(path: str | Path) -> dict:
-    """A training checkpoint's whole payload, on the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+def read_step(path: str | Path) -> int:
+    """The step a checkpoint was written at, without reading its tensors."""
+    return int(load(path, mmap=True)["step"])
 
 
 def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(),
-              "torch": torch.get_rng_state()}  # fmt: skip
+    """Python's, numpy's and torch's generator states as tensors and plain values."""
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": {"version": version, "state": torch.tensor(state, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "cached_gaussian": cached},
+        "torch": torch.get_rng_state(),
+    }  # fmt: skip
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
 def restore_rng(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    py, npy = states["python"], states["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached_gaussian"]))  # fmt: skip
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])

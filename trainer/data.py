@@ -1,7 +1,8 @@
 """Training data: the pipeline's WebDataset shards as an endless, deterministic batch stream.
 
-webdataset's tar reader reads the shards, opened from local paths, fsspec URLs (gs://, s3://,
-https://...) or `pipe:` commands' stdout; epoch e visits the shards in an order drawn from
+The shards are read as streamed tars (webdataset's sample grouping, tar members over a size
+cap skipped unread), opened from local paths, fsspec URLs (gs://, s3://, https://...) or
+`pipe:` commands' stdout; epoch e visits the shards in an order drawn from
 (seed, e), the same on every rank, split by rank and by DataLoader worker; a seeded buffer
 shuffles samples.
 Every random choice (the order, the buffer, each crop) comes from the seed, the epoch and the
@@ -21,7 +22,9 @@ import logging
 import math
 import os
 import random
+import re
 import subprocess
+import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -34,7 +37,6 @@ import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.gopen import gopen_schemes
 
 from pipeline.imaging import to_rgb
 
@@ -43,6 +45,10 @@ MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 CROP_SCALE = (0.6, 1.0)  # the share of the image's area a training crop keeps
+# A tar member claiming more is skipped unread: a 10 kB tar with a sparse member (or a header
+# lying about its size) would otherwise become that many bytes in memory, once per worker.
+MAX_MEMBER_BYTES = 64 << 20
+SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members
 Texts = list[str] | torch.Tensor  # captions, or their (B, T) tokens
 
 
@@ -147,15 +153,38 @@ def open_shard(spec: str):
     return open(spec, "rb")
 
 
-def _shard_files(shards: list[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+class MemberTooLarge(ValueError):
+    """A tar member over the size cap, skipped without reading it."""
+
+
+def tar_members(fileobj, handler: Callable[[Exception], bool],
+                max_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:  # fmt: skip
+    """(fname, data) of a tar stream's regular files, as webdataset's `tar_file_iterator`, but a
+    member over `max_bytes` (its expanded size: sparse members count their holes) costs one
+    `handler` call and is skipped unread; the members after it are still read."""
+    stream = tarfile.open(fileobj=fileobj, mode="r|*")
+    for info in stream:
+        if not info.isreg() or SKIP_META.match(info.name):
+            continue
+        if info.size > max_bytes:
+            exc = MemberTooLarge(f"{info.name}: {info.size} bytes, over the cap of {max_bytes}")
+            if handler(exc):
+                continue
+            raise exc
+        yield {"fname": info.name, "data": stream.extractfile(info).read()}
+        stream.members = []  # a streamed tar need not remember what it has read
+
+
+def _shard_files(shards: list[str], handler: Callable[[Exception], bool],
+                 max_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:  # fmt: skip
     """The files of each shard in turn, an empty dict after each shard read whole (as webdataset's
     `tar_file_expander`); a shard that fails to open, to read or to close costs one `handler`
-    call and the rest of that shard."""
+    call and the rest of that shard, a member over `max_bytes` one call and itself."""
     for spec in shards:
         stream = None
         try:
             stream = open_shard(spec)
-            for file in wds.tariterators.tar_file_iterator(stream, handler=handler):
+            for file in tar_members(stream, handler, max_bytes):
                 yield {**file, "__url__": spec}
             done, stream = stream, None
             done.close()
@@ -171,18 +200,11 @@ def _shard_files(shards: list[str], handler: Callable[[Exception], bool]) -> Ite
                 stream.close()
 
 
-def read_shards(shards: list[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+def read_shards(shards: list[str], handler: Callable[[Exception], bool],
+                max_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:  # fmt: skip
     """The samples (`__key__`, `jpg`, `txt`...) of `shards` in order, opened by `open_shard`."""
-    return wds.tariterators.group_by_keys(_shard_files(shards, handler), handler=handler)
-
-
-def _open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_):
-    """webdataset's opener for the URL schemes it has no handler of its own for (s3://, gcs://,
-    az://, hdfs://...), for `evaluate`, which still reads through `wds.WebDataset`."""
-    return fsspec.open(url, mode).open()
-
-
-gopen_schemes["__default__"] = _open_with_fsspec
+    files = _shard_files(shards, handler, max_bytes)
+    return wds.tariterators.group_by_keys(files, handler=handler)
 
 
 def _seed(*parts: object) -> int:
@@ -195,12 +217,19 @@ def normalise(image: Image.Image) -> torch.Tensor:
 
 
 def preprocess_eval(image: Image.Image, image_size: int) -> torch.Tensor:
-    """RGB, shorter side to `image_size`, centre crop, normalised: (3, S, S)."""
+    """RGB, shorter side resized to `image_size` (bicubic), centre crop, normalised: (3, S, S).
+
+    The arithmetic of CLIP's eval transform as transformers' CLIPImageProcessor does it (the
+    longer side truncated, the crop's offset floored), so an exported model sees the same
+    pixels in transformers as here.
+    """
     image = to_rgb(image)
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    box = (left, top, left + side, top + side)
-    return normalise(image.resize((image_size, image_size), Image.Resampling.BICUBIC, box=box))
+    short, long = min(image.size), max(image.size)
+    resized = (image_size, int(image_size * long / short))
+    image = image.resize(resized if image.width <= image.height else resized[::-1],
+                         Image.Resampling.BICUBIC)  # fmt: skip
+    left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
+    return normalise(image.crop((left, top, left + image_size, top + image_size)))
 
 
 def random_resized_crop(
@@ -251,12 +280,14 @@ class ShardStream(IterableDataset):
     def __init__(self, pattern: str, batch_size: int, image_size: int, seed: int = 0,
                  rank: int = 0, world: int = 1, shuffle_buffer: int = 1000, workers: int = 0,
                  resample: bool = False,
-                 tokenizer: Callable[[list[str]], torch.Tensor] | None = None):  # fmt: skip
+                 tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+                 max_member_bytes: int = MAX_MEMBER_BYTES):  # fmt: skip
         self.shards = expand_shards(pattern)
         check_filesystems(self.shards)
         self.batch_size, self.image_size, self.seed = batch_size, image_size, seed
         self.rank, self.world, self.shuffle_buffer = rank, world, shuffle_buffer
         self.workers, self.resample, self.tokenizer = workers, resample, tokenizer
+        self.max_member_bytes = max_member_bytes
         self.lanes = [DataState() for _ in range(max(1, workers))]
         self.served = 0  # batches handed to the training loop
 
@@ -301,7 +332,7 @@ class ShardStream(IterableDataset):
             return True
 
         shards, every, keep = self._plan(lane, state.epoch)
-        reader = read_shards(shards, read_error)
+        reader = read_shards(shards, read_error, self.max_member_bytes)
         rng = random.Random(_seed(self.seed, "buffer", state.epoch, self.rank, lane))
         buffer: list[dict] = []
         for index, sample in enumerate(reader):

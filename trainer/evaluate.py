@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
-from trainer.data import IMAGE_KEYS, expand_shards, preprocess_eval
+from trainer.data import IMAGE_KEYS, expand_shards, preprocess_eval, read_shards
 from trainer.model import CLIP
 from trainer.tokenizer import CaptionTokenizer
 
@@ -71,8 +70,15 @@ def load_folder(folder: str | Path, names: list[str] | None = None):
 
 def _shard_samples(pattern: str, limit: int):
     """(image, caption, metadata) of the shards' samples, undecodable ones skipped and logged."""
-    reader = wds.WebDataset(expand_shards(pattern), shardshuffle=False, empty_check=False,
-                            handler=wds.warn_and_continue)  # fmt: skip
+    errors = 0
+
+    def read_error(exc: Exception) -> bool:
+        nonlocal errors
+        errors += 1
+        log.warning("eval: skipped unreadable shard data (%d so far): %s", errors, exc)
+        return True
+
+    reader = read_shards(expand_shards(pattern), read_error)  # tar members capped in size
     count, skipped = 0, 0
     for sample in reader:
         if count >= limit:
@@ -113,15 +119,22 @@ def load_labelled_shards(pattern: str, field: str = "label", names: list[str] | 
 
 
 @torch.no_grad()
-def zero_shot(model: CLIP, tokenizer: CaptionTokenizer, images: list[Image.Image],
-              labels: list[int], classes: list[str], templates=TEMPLATES) -> dict:  # fmt: skip
-    """Top-1, top-5 and mean per-class recall, classifying by the classes' English names."""
+def class_logits(model: CLIP, tokenizer: CaptionTokenizer, images: list[Image.Image],
+                 classes: list[str], templates=TEMPLATES) -> torch.Tensor:  # fmt: skip
+    """(N, classes) cosines of each image with each class's mean prompt embedding."""
     model.eval()
     weights = []
     for name in classes:
         embedded = _embed_texts(model, tokenizer, [t.format(name) for t in templates]).mean(0)
         weights.append(embedded / embedded.norm())
-    logits = _embed_images(model, images) @ torch.stack(weights).T  # (N, classes)
+    return _embed_images(model, images) @ torch.stack(weights).T
+
+
+@torch.no_grad()
+def zero_shot(model: CLIP, tokenizer: CaptionTokenizer, images: list[Image.Image],
+              labels: list[int], classes: list[str], templates=TEMPLATES) -> dict:  # fmt: skip
+    """Top-1, top-5 and mean per-class recall, classifying by the classes' English names."""
+    logits = class_logits(model, tokenizer, images, classes, templates)  # (N, classes)
     target = torch.tensor(labels)
     top = logits.topk(min(5, len(classes)), dim=1).indices
     hit1, hit5 = top[:, 0] == target, (top == target[:, None]).any(1)

@@ -22,11 +22,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from trainer import checkpoint, logs
-from trainer.data import ShardStream
+from trainer import checkpoint, logs, resume
+from trainer.data import MAX_MEMBER_BYTES, ShardStream
 from trainer.evaluate import load_folder, load_shards, retrieval, zero_shot
 from trainer.loss import clip_loss, siglip_loss
-from trainer.model import CLIP, CONFIGS
+from trainer.model import CLIP, CONFIGS, CLIPConfig
 from trainer.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class TrainConfig:
     vocab_size: int = 4096
     context_length: int | None = None  # default: the model config's
     shuffle_buffer: int = 1000
+    max_member_bytes: int = MAX_MEMBER_BYTES  # a bigger tar member is skipped unread, counted
     workers: int | None = None  # data loader processes per rank; default: 0 on CPU, up to 8 on GPU
     resample: bool = False  # draw each epoch's shards with replacement
     checkpoint_every: int = 100
@@ -127,15 +128,17 @@ def _tokenizer(cfg: TrainConfig, context_length: int, rank: int) -> CaptionToken
     return CaptionTokenizer.from_json(_broadcast(text), context_length)
 
 
-def _model_config(cfg: TrainConfig, tokenizer_json: str | None, rank: int):
+def _model_config(cfg: TrainConfig, payload: dict | None, rank: int):
+    """The model config and tokenizer: a resumed run's from its checkpoint, else new ones."""
+    if payload:
+        model_cfg = replace(CLIPConfig(**payload["config"]),
+                            grad_checkpointing=cfg.grad_checkpointing)  # fmt: skip
+        return model_cfg, CaptionTokenizer.from_json(payload["tokenizer"], model_cfg.context_length)
     model_cfg = replace(CONFIGS[cfg.model], grad_checkpointing=cfg.grad_checkpointing,
                         siglip=cfg.loss == "siglip")  # fmt: skip
     if cfg.context_length:
         model_cfg = replace(model_cfg, context_length=cfg.context_length)
-    if tokenizer_json:
-        tokenizer = CaptionTokenizer.from_json(tokenizer_json, model_cfg.context_length)
-    else:
-        tokenizer = _tokenizer(cfg, model_cfg.context_length, rank)
+    tokenizer = _tokenizer(cfg, model_cfg.context_length, rank)
     return replace(model_cfg, vocab_size=tokenizer.vocab_size), tokenizer
 
 
@@ -157,9 +160,11 @@ def train(cfg: TrainConfig) -> dict:
     rank, world, device = _distributed(cfg.device)
     out = Path(cfg.output)
     # Rank 0 names the checkpoint: every rank must restore the same one (or none).
-    resume_path = _broadcast(checkpoint.latest(out) if cfg.resume == "latest" else cfg.resume)
+    resume_path = _broadcast(resume.checkpoint_path(out, cfg.resume))
     payload = checkpoint.load(resume_path) if resume_path else None
-    model_cfg, tokenizer = _model_config(cfg, payload and payload["tokenizer"], rank)
+    if payload:
+        resume.check(cfg, payload, resume_path)
+    model_cfg, tokenizer = _model_config(cfg, payload, rank)
     torch.manual_seed(cfg.seed)
     model = CLIP(model_cfg, tokenizer.eot_id).to(device)
     optimizer = torch.optim.AdamW(
@@ -168,7 +173,7 @@ def train(cfg: TrainConfig) -> dict:
     )  # fmt: skip
     stream = ShardStream(cfg.shards, cfg.batch_size, model_cfg.image_size, cfg.seed, rank, world,
                          cfg.shuffle_buffer, _workers(cfg, device), cfg.resample,
-                         tokenizer)  # fmt: skip
+                         tokenizer, cfg.max_member_bytes)  # fmt: skip
     start = _restore(payload, model, optimizer, stream, rank, world) if payload else 0
     ddp = DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(ddp) if cfg.compile else ddp
