@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from conftest import EPS, ico_around
 from PIL import Image
 
 from pipeline.imaging import ImageConfig, ImageError, process_image
@@ -135,12 +136,6 @@ def test_bomb_is_refused_without_allocating_its_pixels(server):
     assert peak < 5_000_000  # 900 Mpx would be ~900 MB decoded
 
 
-EPS = (
-    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
-    b"(/etc/passwd) (r) file pop\nshowpage\n%%EOF\n"
-)
-
-
 def test_eps_is_never_opened():
     """Defect 6: any Pillow format was opened, EPS included (PostScript for Ghostscript)."""
     from pipeline.imaging import open_image
@@ -154,20 +149,11 @@ def test_eps_is_never_opened():
         ImageConfig(formats=("JPEG", "EPS"))
 
 
-def _ico_around(frame: bytes, declared: int = 16) -> bytes:
-    """An ICO whose directory declares a `declared`-pixel icon and holds `frame` (a PNG)."""
-    entry = bytes([declared, declared, 0, 0]) + (1).to_bytes(2, "little")
-    entry += (
-        (32).to_bytes(2, "little") + len(frame).to_bytes(4, "little") + (22).to_bytes(4, "little")
-    )
-    return b"\x00\x00\x01\x00\x01\x00" + entry + frame
-
-
 def test_an_ico_is_judged_by_the_frame_it_holds_before_decoding():
     """Defect 8 (ICO): a 16x16 directory entry hid a large PNG that was decoded in full."""
     from pipeline.imaging import open_image
 
-    data = _ico_around(encode(Image.new("RGB", (3000, 2000)), "PNG"))
+    data = ico_around(encode(Image.new("RGB", (3000, 2000)), "PNG"))
     with pytest.raises(ImageError) as caught:
         open_image(data, 1_000_000, ("PNG", "ICO"))
     assert caught.value.kind == "decompression_bomb"
@@ -175,7 +161,7 @@ def test_an_ico_is_judged_by_the_frame_it_holds_before_decoding():
     with pytest.raises(ImageError) as caught:
         process_image(data, ImageConfig(32))  # ICO is not among the default formats
     assert caught.value.kind == "not_image"
-    small = _ico_around(encode(Image.new("RGB", (16, 16), (0, 0, 255)), "PNG"))
+    small = ico_around(encode(Image.new("RGB", (16, 16), (0, 0, 255)), "PNG"))
     config = ImageConfig(32, formats=("PNG", "ICO"))
     assert decode(process_image(small, config).jpeg).getpixel((16, 16))[2] > 200
 

@@ -18,11 +18,12 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_readers import read_counted
 
 import beam_runner
-from manifests.readers import InputSpec, count_rows, plan_units, read_unit_safely
 from manifests.records import MAX_RECORD_LINES
 
 NASTY = ['"', "'", ",", "\t", "\r", "\n", "\r\n", "\ufeff", "\x00", "\udcff", "\udc80", "\ud83d"]
@@ -128,13 +129,7 @@ def read_file(data: bytes, fmt: str, gzipped: bool) -> tuple[int, list]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"list.{fmt}{'.gz' if gzipped else ''}"
         path.write_bytes(gzip.compress(data, mtime=0) if gzipped else data)
-        spec = InputSpec()
-        counted, pairs = 0, []
-        for unit in plan_units(str(path), 0, spec):
-            expected = count_rows(unit)
-            counted += expected
-            pairs += list(read_unit_safely(unit, spec, expected))
-    return counted, pairs
+        return read_counted(path)
 
 
 def check(fmt: str, data: bytes, rows: int, gzipped: bool) -> None:
@@ -147,28 +142,11 @@ def check(fmt: str, data: bytes, rows: int, gzipped: bool) -> None:
         assert pair.status != "error:unreadable_input", pair.error_message
 
 
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "txt"])
 @SETTINGS
-@given(st.data(), st.booleans())
-def test_csv_records_each_become_one_row(data, gzipped):
-    check("csv", *data.draw(list_files("csv")), gzipped)
-
-
-@SETTINGS
-@given(st.data(), st.booleans())
-def test_tsv_records_each_become_one_row(data, gzipped):
-    check("tsv", *data.draw(list_files("tsv")), gzipped)
-
-
-@SETTINGS
-@given(st.data(), st.booleans())
-def test_jsonl_records_each_become_one_row(data, gzipped):
-    check("jsonl", *data.draw(list_files("jsonl")), gzipped)
-
-
-@SETTINGS
-@given(st.data(), st.booleans())
-def test_txt_records_each_become_one_row(data, gzipped):
-    check("txt", *data.draw(list_files("txt")), gzipped)
+@given(data=st.data(), gzipped=st.booleans())
+def test_each_record_written_becomes_one_row(fmt, data, gzipped):
+    check(fmt, *data.draw(list_files(fmt)), gzipped)
 
 
 FIXED = [  # one record of each kind of trouble, for the full run
