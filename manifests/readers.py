@@ -1,8 +1,12 @@
 """Read URL-caption lists (parquet, csv, tsv, jsonl, txt; each optionally gzipped) into Pairs.
 
 One Pair per input row, keyed `FFFFFRRRRRRRRRR` (file index, row index): deterministic from the
-input and never taken from it. A row that cannot be parsed still becomes a Pair, with status
-`error:bad_row` or `error:bad_encoding`, so the manifest accounts for every input row.
+input and never taken from it. A record that cannot be parsed, whatever the exception, still
+becomes a Pair, with status `error:bad_row` (its line number in the message) or
+`error:bad_encoding`, so the manifest accounts for every input row. `count_rows` counts a unit's
+rows from the input itself (parquet metadata, text records as `manifests.records` defines
+them), apart from the conversion to Pairs, for the run's conservation check. URLs lose their
+`user:password@` here, before anything stores or logs them.
 Large parquet files are split into row groups (`ReadUnit`s) so one file can spread over workers.
 """
 
