@@ -194,9 +194,12 @@ def finish_image(image: Image.Image, config: ImageConfig) -> ProcessedImage:
     """Decode an opened image and make the shard's JPEG (see `process_image`), inside this
     process's decode budget."""
     original_width, original_height = oriented_size(image)
-    if config.resize_mode != "no" and image.format == "JPEG":
-        image.draft("RGB", (config.image_size, config.image_size))  # what will be decoded
-    width, height = _frame_size(image)
+    try:
+        if config.resize_mode != "no" and image.format == "JPEG":
+            image.draft("RGB", (config.image_size, config.image_size))  # what will be decoded
+        width, height = _frame_size(image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError("decode", f"cannot decode image: {exc}") from None
     with decode_budget(config).hold(width * height):
         jpeg, width, height = _decode_and_encode(image, config)
     return ProcessedImage(
