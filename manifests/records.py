@@ -21,7 +21,7 @@ import gzip
 import io
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -82,17 +82,16 @@ def read_header(path: str, fmt: str) -> list[str]:
 def count_records(path: str, fmt: str) -> int:
     """Rows of a text input (the header excluded); a file that breaks off counts one more row
     for its unreadable remainder, as the reader reports it."""
-    rows = 0
+    header = 1 if fmt in ("csv", "tsv") else 0
+    records = 0
     try:
         with open_text(path) as stream:
-            if fmt in ("csv", "tsv"):
-                rows = sum(1 for _ in delimited_records(stream, fmt)) - 1
-                rows = max(rows, 0)
-            else:
-                rows = sum(1 for _ in line_records(stream))
+            found = delimited_records(stream, fmt) if header else line_records(stream)
+            for _ in found:
+                records += 1
     except Exception:  # the reader meets the same failure and reports it as one row
-        return rows + 1
-    return rows
+        return max(records - header, 0) + 1
+    return max(records - header, 0)
 
 
 def _split_tsv(text: str) -> list[str]:
@@ -124,7 +123,7 @@ def _csv_records(lines: Iterator[Line]) -> Iterator[Fields]:
         yield first[0], fields, problem
 
 
-def _one_csv_record(first: Line, pull, pending: deque[Line]):
+def _one_csv_record(first: Line, pull: Callable[[], Line | None], pending: deque[Line]):
     """(lines taken, fields, problem) of the record starting at `first`, at most
     MAX_RECORD_LINES lines pulled."""
     taken = [first]

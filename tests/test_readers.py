@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 
 import pytest
 from conftest import write_list
@@ -200,12 +201,15 @@ def test_byte_order_mark_and_crlf(tmp_path):
 def test_check_columns_reads_the_header_only(tmp_path):
     """Defect 8: check_columns read (and gunzipped) the whole first input to see its header.
     Here the gzip stream is broken past its first block: only the header may be read."""
-    good = gzip.compress(b"url,caption\n" + b"http://a/1.jpg,x\n" * 1000, mtime=0)
+    noise = random.Random(0)
+    rows = "".join(f"http://a/{i}.jpg,{noise.getrandbits(128):x}\n" for i in range(20_000))
+    good = gzip.compress(("url,caption\n" + rows).encode(), mtime=0)
     path = tmp_path / "big.csv.gz"
     path.write_bytes(good[: len(good) // 2])
     check_columns(str(path), DEFAULT_SPEC)  # no error: the broken tail is never read
-    counted, pairs = read_counted(path)  # reading it all then costs the tail one row
-    assert counted == len(pairs)
+    counted, pairs = read_counted(path)  # reading it all costs the tail one row
+    assert 1000 < counted == len(pairs) < 20_000
+    assert all(p.is_ok for p in pairs[:-1])
     assert pairs[-1].status == "error:unreadable_input"
 
 
