@@ -29,7 +29,7 @@ from pipeline import runners
 from pipeline.crawl import CrawlConfig
 from pipeline.fetch import USER_AGENT, FetchPolicy
 from pipeline.graph import PipelineConfig, build
-from pipeline.imaging import RESIZE_MODES, ImageConfig
+from pipeline.imaging import ALLOWED_FORMATS, RESIZE_MODES, SAFE_FORMATS, ImageConfig
 
 ALL_ADDRESSES = ("0.0.0.0/0", "::/0")
 
@@ -65,6 +65,11 @@ def make_parser() -> argparse.ArgumentParser:
     image.add_argument("--min-image-size", type=int, default=0, help="shorter side, px")
     image.add_argument("--max-aspect-ratio", type=float, default=0.0, help="0: no limit")
     image.add_argument("--max-pixels", type=int, default=100_000_000, help="bomb guard")
+    image.add_argument(
+        "--image-formats",
+        default=",".join(SAFE_FORMATS),
+        help=f"comma-separated formats that may be opened, among {','.join(ALLOWED_FORMATS)}",
+    )
 
     net = parser.add_argument_group("downloading")
     net.add_argument("--timeout", type=float, default=10.0, help="connect/read timeout, s")
@@ -123,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         resize_mode=args.resize_mode,
         quality=args.encode_quality,
         max_pixels=args.max_pixels,
+        formats=tuple(f.strip().upper() for f in args.image_formats.split(",") if f.strip()),
     )
     sizes = ImageSizeConfig(args.min_image_size, args.max_aspect_ratio)
     return PipelineConfig(

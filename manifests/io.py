@@ -33,6 +33,16 @@ def match_files(pattern: str) -> list[str]:
     return sorted(set(paths))
 
 
+def file_versions(paths: list[str]) -> list[list]:
+    """[path, size, modification time] of each path: what tells an edited input from the one a
+    previous run read (an object store's update time changes with each new generation)."""
+    versions = []
+    for result in FileSystems.match(paths):
+        for meta in result.metadata_list:
+            versions.append([meta.path, meta.size_in_bytes, meta.last_updated_in_seconds])
+    return sorted(versions)
+
+
 def read_bytes(path: str) -> bytes:
     """The whole file, gunzipped when its name ends in .gz."""
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:

@@ -1,32 +1,38 @@
 """Read URL-caption lists (parquet, csv, tsv, jsonl, txt; each optionally gzipped) into Pairs.
 
 One Pair per input row, keyed `FFFFFRRRRRRRRRR` (file index, row index): deterministic from the
-input and never taken from it. A row that cannot be parsed still becomes a Pair, with status
-`error:bad_row` or `error:bad_encoding`, so the manifest accounts for every input row.
+input and never taken from it. A record that cannot be parsed, whatever the exception, still
+becomes a Pair, with status `error:bad_row` (its line number in the message) or
+`error:bad_encoding`, so the manifest accounts for every input row. `count_rows` counts a unit's
+rows from the input itself (parquet metadata, text records as `manifests.records` defines
+them), apart from the conversion to Pairs, for the run's conservation check. URLs lose their
+`user:password@` here, before anything stores or logs them.
 Large parquet files are split into row groups (`ReadUnit`s) so one file can spread over workers.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import json
-import sys
+import logging
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from manifests.io import read_bytes
-from manifests.schema import Pair, error
+from manifests.records import count_records, delimited_records, line_records, open_text, read_header
+from manifests.schema import Pair, error, strip_userinfo
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 _EXTENSION_ALIASES = {"json": "jsonl", "ndjson": "jsonl"}
-
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class ReadUnit:
     input_format: str
     row_group: int | None = None
     first_row: int = 0
+    rows: int | None = None  # from the parquet metadata; None: counted from the file
 
 
 def detect_format(path: str, declared: str | None = None) -> str:
@@ -70,37 +77,56 @@ def make_key(file_index: int, row_index: int) -> str:
 
 
 def plan_units(path: str, file_index: int, spec: InputSpec) -> list[ReadUnit]:
-    """Split one input file into the units workers read; parquet splits by row group."""
+    """Split one input file into the units workers read; parquet splits by row group.
+
+    A parquet file whose footer cannot be read stays one unit: reading it then costs its rows
+    an `error:unreadable_input` each, not the run."""
     fmt = detect_format(path, spec.input_format)
     if fmt != "parquet" or path.endswith(".gz"):
         return [ReadUnit(path, file_index, fmt)]
-    with FileSystems.open(path) as f:
-        meta = pq.ParquetFile(f).metadata
+    try:
+        with FileSystems.open(path) as f:
+            meta = pq.ParquetFile(f).metadata
+    except Exception as exc:  # a corrupt file is one bad input, not a failed run
+        log.warning("cannot read the parquet footer of %s: %s", path, exc)
+        return [ReadUnit(path, file_index, fmt)]
     units, first = [], 0
     for group in range(meta.num_row_groups):
-        units.append(ReadUnit(path, file_index, fmt, group, first))
-        first += meta.row_group(group).num_rows
-    return units or [ReadUnit(path, file_index, fmt, None, 0)]
+        rows = meta.row_group(group).num_rows
+        units.append(ReadUnit(path, file_index, fmt, group, first, rows))
+        first += rows
+    return units or [ReadUnit(path, file_index, fmt, None, 0, 0)]
 
 
 def check_columns(path: str, spec: InputSpec) -> None:
-    """Fail fast when a file lacks the URL column: a wrong `--url-col` is a user error, not bad rows."""
+    """Fail fast when a file lacks the URL column: a wrong `--url-col` is a user error, not bad
+    rows. Reads the header only (the parquet footer, the first line of a csv/tsv)."""
     fmt = detect_format(path, spec.input_format)
-    if fmt == "txt":
-        return
-    if fmt == "parquet":
-        data = read_bytes(path) if path.endswith(".gz") else None
-        with io.BytesIO(data) if data is not None else FileSystems.open(path) as f:
-            names = pq.ParquetFile(f).schema_arrow.names
-    elif fmt == "jsonl":
+    if fmt in ("txt", "jsonl"):
         return  # column presence is per row in jsonl; rows without it become error:bad_row
+    if fmt == "parquet":
+        with _parquet_file(path) as f:
+            names = pq.ParquetFile(f).schema_arrow.names
     else:
-        head = read_bytes(path).split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
-        names = next(csv.reader([head], delimiter="\t" if fmt == "tsv" else ","), [])
+        names = read_header(path, fmt)
     if spec.url_col not in names:
         raise ValueError(
             f"{path}: no URL column {spec.url_col!r} (columns: {names}); see --url-col"
         )
+
+
+def count_rows(unit: ReadUnit) -> int:
+    """The rows of `unit`, counted from the input itself: parquet's metadata, the records of a
+    text format (see `manifests.records`); an unreadable file counts as one row."""
+    if unit.rows is not None:
+        return unit.rows
+    if unit.input_format != "parquet":
+        return count_records(unit.path, unit.input_format)
+    try:
+        with _parquet_file(unit.path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    except Exception:  # the reader reports the same failure as one row
+        return 1
 
 
 def read_unit(unit: ReadUnit, spec: InputSpec) -> Iterator[Pair]:
@@ -109,7 +135,8 @@ def read_unit(unit: ReadUnit, spec: InputSpec) -> Iterator[Pair]:
     rows = _ROW_READERS[unit.input_format](unit, spec)
     for offset, (url, caption, problem) in enumerate(rows):
         key = make_key(unit.file_index, unit.first_row + offset)
-        pair = Pair(key=key, url=url or "", caption=caption or "", source=source)
+        url = strip_userinfo(url or "")
+        pair = Pair(key=key, url=url, caption=caption or "", source=source)
         if problem is not None:
             pair = pair.with_status(*problem)
         elif not pair.url.strip():
@@ -117,25 +144,51 @@ def read_unit(unit: ReadUnit, spec: InputSpec) -> Iterator[Pair]:
         yield pair
 
 
+def read_unit_safely(unit: ReadUnit, spec: InputSpec, expected: int) -> Iterator[Pair]:
+    """`read_unit`, but a file that breaks mid-way (corrupt gzip or parquet, a missing column)
+    keeps the rows read so far, and its remaining rows of the `expected` (at least one) become
+    `error:unreadable_input` rows naming the failure, never a crash."""
+    rows = 0
+    try:
+        for pair in read_unit(unit, spec):
+            rows += 1
+            yield pair
+    except Exception as exc:  # any reader failure is the input's fault, not the run's
+        log.warning("cannot read %s after %d rows: %s", unit.path, rows, exc)
+        source = unit.path.rsplit("/", 1)[-1]
+        message = f"unreadable after row {rows}: {type(exc).__name__}: {exc}"
+        for offset in range(rows, max(expected, rows + 1)):
+            key = make_key(unit.file_index, unit.first_row + offset)
+            yield Pair(key=key, url="", caption="", source=source).with_status(
+                error("unreadable_input"), message
+            )
+
+
 Row = tuple[str | None, str | None, tuple[str, str] | None]
 
 
-def _bad_row(message: str) -> Row:
-    return None, None, (error("bad_row"), message)
+def _bad_row(line: int, message: str) -> Row:
+    return None, None, (error("bad_row"), f"line {line}: {message}")
 
 
-def _check_text(url: str | None, caption: str | None) -> Row:
-    """Rows are decoded with surrogateescape; a surrogate means bytes that are not UTF-8."""
+def _check_text(url: str | None, caption: str | None, line: int | None = None) -> Row:
+    """Rows are decoded with surrogateescape; a surrogate means bytes that are not UTF-8 (or,
+    in JSON, an escaped lone surrogate such as half an emoji)."""
     for name, value in (("url", url), ("caption", caption)):
         if value is not None and _has_surrogates(value):
-            problem = (error("bad_encoding"), f"{name} is not valid UTF-8")
+            where = f"line {line}: " if line is not None else ""
+            problem = (error("bad_encoding"), f"{where}{name} is not valid UTF-8")
             return _replace_surrogates(url), _replace_surrogates(caption), problem
     return url, caption, None
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udc7f]")  # U+DC80..U+DCFF are escaped bytes
 
 
 def _replace_surrogates(text: str | None) -> str | None:
     if text is None:
         return None
+    text = _LONE_SURROGATE.sub("\ufffd", text)
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
@@ -147,70 +200,74 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _text_stream(unit: ReadUnit) -> io.TextIOBase:
-    """Stream the file as text; undecodable bytes survive as surrogates for `_check_text`."""
-    raw = FileSystems.open(unit.path, compression_type=CompressionTypes.UNCOMPRESSED)
-    if unit.path.endswith(".gz"):
-        raw = gzip.GzipFile(fileobj=raw)
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+def _guarded(records: Iterator, convert) -> Iterator[Row]:
+    """`convert(line, record)` for each (line, record); any exception costs that record alone."""
+    for line, record in records:
+        try:
+            yield convert(line, record)
+        except Exception as exc:  # deep nesting, odd types...: one bad row, never the file
+            yield _bad_row(line, f"{type(exc).__name__}: {exc}")
 
 
 def _read_delimited(unit: ReadUnit, spec: InputSpec) -> Iterator[Row]:
-    reader = csv.reader(_text_stream(unit), delimiter="\t" if unit.input_format == "tsv" else ",")
-    header = next(reader, None)
-    if header is None:
-        return
-    try:
-        url_at = header.index(spec.url_col)
-    except ValueError:
-        raise ValueError(f"{unit.path}: no URL column {spec.url_col!r}") from None
-    caption_at = header.index(spec.caption_col) if spec.caption_col in header else None
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
+    with open_text(unit.path) as stream:
+        records = delimited_records(stream, unit.input_format)
+        header = next(records, None)
+        if header is None:
             return
-        except csv.Error as exc:
-            yield _bad_row(f"unparsable line: {exc}")
-            continue
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            yield _bad_row(f"expected {len(header)} fields, got {len(fields)}")
-            continue
-        caption = fields[caption_at] if caption_at is not None else ""
-        yield _check_text(fields[url_at], caption)
+        names = header[1] or []
+        if spec.url_col not in names:
+            raise ValueError(f"{unit.path}: no URL column {spec.url_col!r}")
+        url_at = names.index(spec.url_col)
+        caption_at = names.index(spec.caption_col) if spec.caption_col in names else None
+
+        def convert(line: int, record: tuple) -> Row:
+            fields, problem = record
+            if problem is not None:
+                return _bad_row(line, problem)
+            caption = fields[caption_at] if caption_at is not None else ""
+            return _check_text(fields[url_at], caption, line)
+
+        yield from _guarded(((n, (f, p)) for n, f, p in records), convert)
 
 
 def _read_jsonl(unit: ReadUnit, spec: InputSpec) -> Iterator[Row]:
-    for line in _text_stream(unit):
-        if not line.strip():
-            continue
+    def convert(line: int, text: str) -> Row:
         try:
-            record = json.loads(line)
+            record = json.loads(text)
         except ValueError as exc:
-            yield _bad_row(f"invalid JSON: {exc}")
-            continue
+            return _bad_row(line, f"invalid JSON: {exc}")
         if not isinstance(record, dict) or spec.url_col not in record:
-            yield _bad_row(f"no {spec.url_col!r} field")
-            continue
+            return _bad_row(line, f"no {spec.url_col!r} field")
         url, caption = record.get(spec.url_col), record.get(spec.caption_col)
-        yield _check_text(_as_text(url), _as_text(caption))
+        return _check_text(_as_text(url), _as_text(caption), line)
+
+    with open_text(unit.path) as stream:
+        yield from _guarded(line_records(stream), convert)
 
 
 def _read_txt(unit: ReadUnit, spec: InputSpec) -> Iterator[Row]:
-    for line in _text_stream(unit):
-        url = line.strip()
-        if url:
-            yield _check_text(url, "")
+    with open_text(unit.path) as stream:
+        yield from _guarded(line_records(stream), lambda n, text: _check_text(text.strip(), "", n))
+
+
+@contextmanager
+def _parquet_file(path: str) -> Iterator[BinaryIO]:
+    """A seekable handle on a parquet file; a gzipped one is unpacked to a temporary file
+    chunk by chunk, so memory stays flat whatever it expands to."""
+    if not path.endswith(".gz"):
+        with FileSystems.open(path) as f:
+            yield f
+        return
+    with tempfile.TemporaryFile() as spool:
+        with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
+            shutil.copyfileobj(f, spool, 1 << 20)
+        spool.seek(0)
+        yield spool
 
 
 def _read_parquet(unit: ReadUnit, spec: InputSpec) -> Iterator[Row]:
-    if unit.path.endswith(".gz"):
-        handle = io.BytesIO(read_bytes(unit.path))
-    else:
-        handle = FileSystems.open(unit.path)
-    with handle as f:
+    with _parquet_file(unit.path) as f:
         parquet = pq.ParquetFile(f)
         names = parquet.schema_arrow.names
         columns = [c for c in (spec.url_col, spec.caption_col) if c in names]

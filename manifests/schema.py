@@ -8,16 +8,32 @@ manifest's column names follow img2dataset's, so tools that read its output read
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 OK = "ok"
+_URL_USERINFO = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@")  # a URL's own
+_TEXT_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")  # `user:password@` of any URL in a text
 
 
 def error(kind: str) -> str:
     """Status for a row that could not be processed (`error:http_404`, `error:timeout`, ...)."""
     return f"error:{kind}"
+
+
+def strip_userinfo(url: str) -> str:
+    """`url` without its `user:password@`: credentials someone left in a list must not reach
+    the manifest, the shards' KEY.json, error messages or logs (the fetch goes without them)."""
+    if "@" not in url:
+        return url
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1) or ''}//", url, count=1)
+
+
+def scrub_userinfo(text: str) -> str:
+    """`text` with the userinfo of every URL quoted in it removed."""
+    return _TEXT_USERINFO.sub("", text) if "@" in text else text
 
 
 def filtered(filter_name: str, reason: str) -> str:
@@ -55,7 +71,10 @@ class Pair:
         return self.status == OK
 
     def with_status(self, status: str, message: str | None = None) -> Pair:
-        """The same pair, dropped with `status`; its image bytes are released."""
+        """The same pair, dropped with `status`; its image bytes are released. URLs quoted in
+        `message` (a redirect's target, say) lose their userinfo."""
+        if message is not None:
+            message = scrub_userinfo(message)
         return dataclasses.replace(self, status=status, error_message=message, image=None)
 
     def sample_metadata(self) -> dict:

@@ -20,7 +20,7 @@ from apache_beam.transforms.window import GlobalWindows
 from filters.image_size import NAME as SIZE_FILTER
 from filters.image_size import ImageSizeConfig, check_image_size
 from manifests.schema import Pair, error, filtered
-from pipeline.crawl_cache import CrawlCache
+from pipeline.crawl_cache import CrawlCache, merge_cached
 from pipeline.fetch import Fetcher, FetchError, FetchPolicy
 from pipeline.imaging import ImageConfig, ImageError, finish_image, open_image, oriented_size
 from pipeline.netguard import UrlRefused, split_url
@@ -55,7 +55,7 @@ def crawl_pair(pair: Pair, fetcher: Fetcher, config: CrawlConfig) -> Pair:
         return pair
     try:
         body = fetcher.fetch(pair.url)
-        image = open_image(body, config.image.max_pixels)
+        image = open_image(body, config.image.max_pixels, config.image.formats)
         width, height = oriented_size(image)
         reason = check_image_size(width, height, config.size_filter)
         if reason:
@@ -105,10 +105,8 @@ class _CrawlBatchesFn(beam.DoFn):
     def process(self, element):
         batch_id, pairs = element
         pairs = sorted(pairs, key=lambda p: p.key)
-        cached = self._cache.load(batch_id) if self._cache else None
-        if cached is not None and [(p.key, p.url) for p in cached] == [
-            (p.key, p.url) for p in pairs
-        ]:
+        cached = merge_cached(pairs, self._cache.load(batch_id)) if self._cache else None
+        if cached is not None:
             self._resumed.inc()
             yield from cached
             return

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from PIL import Image
 
@@ -30,7 +31,7 @@ from filters.score import (
     score_reason,
     top_fraction_threshold,
 )
-from manifests.schema import Pair, error, filtered
+from manifests.schema import MANIFEST_SCHEMA, Pair, error, filtered
 from pipeline.crawl import batch_of
 
 __all__ = ["ApplyFilters", "FiltersConfig", "ScoreFilter", "add_arguments", "config_from_args"]
@@ -52,6 +53,23 @@ def _verdict(result: object) -> Verdict:
     return verdict
 
 
+_NOT_UPDATABLE = ("key", "status", "error_message", "image")
+
+
+def checked_updates(updates: dict) -> dict:
+    """A filter's `Verdict.updates`, checked: each names a manifest field a filter may set and
+    holds a value of that column's type, or ValueError (which costs the pair, not the run)."""
+    for name, value in updates.items():
+        if name in _NOT_UPDATABLE or name not in MANIFEST_SCHEMA.names:
+            raise ValueError(f"a filter cannot set {name!r}")
+        try:
+            pa.array([value], MANIFEST_SCHEMA.field(name).type)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            kind = MANIFEST_SCHEMA.field(name).type
+            raise ValueError(f"{name}={value!r} is not a {kind}: {exc}") from None
+    return updates
+
+
 def apply_chain(pair: Pair, chain: Sequence[FilterDef], configs: Sequence) -> tuple[Pair, Outcome]:
     """Run `pair` through the filters in order until one drops it; say where it stopped."""
     if not pair.is_ok:
@@ -68,12 +86,12 @@ def apply_chain(pair: Pair, chain: Sequence[FilterDef], configs: Sequence) -> tu
                 verdict = _verdict(definition.check(pair, image, config))
             else:
                 verdict = _verdict(definition.check(pair, config))
+            if verdict.updates:
+                pair = dataclasses.replace(pair, **checked_updates(verdict.updates))
         except Exception as exc:  # a filter's bug must cost one row, not the run
             log.exception("filter %s failed on %s", name, pair.key)
             message = f"{name}: {type(exc).__name__}: {exc}"
             return pair.with_status(error("filter"), message), (index, ERROR)
-        if verdict.updates:
-            pair = dataclasses.replace(pair, **verdict.updates)
         if verdict.reason is not None:
             return pair.with_status(filtered(name, verdict.reason)), (index, verdict.reason)
     return pair, (len(chain), KEPT)

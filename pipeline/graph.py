@@ -5,8 +5,10 @@ Every pair flows on to the manifest; each curation stage hands its stats to stat
 
 Reruns resume: finished crawl batches are cached under `OUTPUT/_crawl_cache/<fingerprint>/`
 and reused; a run whose `stats.json` already carries the same fingerprint is complete and is
-skipped. Shards, manifest and stats are rewritten from scratch each run (they depend on
-global counts), and the cache is removed once they are written, unless asked to keep it.
+skipped. Both fingerprints hold each input's size and modification time, so an edited or
+appended input is a new run. Shards, manifest and stats are written anew each run (they
+depend on global counts) under `OUTPUT/_staging/`, and replace the previous run's only once
+all of them are complete; the cache is removed after that, unless asked to keep it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from filters.options import FiltersConfig
 from manifests import query_counts
-from manifests.io import ensure_writable_dir, join, match_files, read_bytes, write_atomic
+from manifests.io import (
+    ensure_writable_dir,
+    file_versions,
+    join,
+    match_files,
+    read_bytes,
+    write_atomic,
+)
 from manifests.query_list import load_queries
 from manifests.readers import InputSpec, check_columns
 from pipeline.balance import Balance, BalanceConfig, MatchQueries
@@ -32,11 +41,13 @@ from pipeline.crawl import Crawl, CrawlConfig
 from pipeline.crawl_cache import CrawlCache, fingerprint
 from pipeline.dedup import DedupConfig, ImageDedup, UrlDedup
 from pipeline.filtering import ApplyFilters, ScoreFilter
-from pipeline.read import ReadPairs
+from pipeline.read import ROWS, ReadPairs
 from pipeline.shard import WriteShards
 
 log = logging.getLogger(__name__)
 DEDUP_EXAMPLES = "dedup_examples.parquet"  # thumbnails of a few near-duplicate groups
+STAGING = "_staging"  # where a run writes its outputs before they replace the previous ones
+OUTPUTS = ("shards", "manifest", "balance", DEDUP_EXAMPLES, "stats.json")  # stats.json last
 
 
 @dataclass(frozen=True)
@@ -54,22 +65,25 @@ class PipelineConfig:
 
 
 def run_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
-    """Everything that determines the outputs (not how fast they are made)."""
+    """Everything that determines the outputs (not how fast they are made), the inputs' sizes
+    and modification times included: rows appended to a finished input make a new run."""
     settings = dataclasses.asdict(config)
     settings["crawl"].pop("threads")
-    return fingerprint({"inputs": paths, **settings})
+    return fingerprint({"inputs": file_versions(paths), **settings})
 
 
 def crawl_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
-    """Everything that determines crawl results, so a cached batch is never stale: the crawl
-    settings and the text stages before it, which decide which pairs are downloaded at all."""
+    """Everything that determines crawl results, so a cached batch is never stale: the inputs'
+    versions, the crawl settings and the text stages before it, which decide which pairs are
+    downloaded at all."""
     crawl = dataclasses.asdict(config.crawl)
     crawl.pop("threads")
     text = [dataclasses.asdict(step) for step in (config.filters or FiltersConfig()).text]
     url_dedup = config.dedup.scope if config.dedup and config.dedup.exact else None
     balance = dataclasses.asdict(config.balance) if config.balance else None
     settings = {"spec": dataclasses.asdict(config.spec), "crawl": crawl, "text_filters": text}
-    return fingerprint({"inputs": paths, **settings, "url_dedup": url_dedup, "balance": balance})
+    inputs = file_versions(paths)
+    return fingerprint({"inputs": inputs, **settings, "url_dedup": url_dedup, "balance": balance})
 
 
 def is_complete(output: str, run_id: str) -> bool:
@@ -83,13 +97,28 @@ def is_complete(output: str, run_id: str) -> bool:
         return False
 
 
-def _clear_outputs(output: str) -> None:
-    """Remove a previous run's shards, manifest and stats: this run writes all of them anew."""
-    names = ("shards", "manifest", "balance", DEDUP_EXAMPLES, "stats.json")
-    stale = [join(output, name) for name in names]
-    existing = [path for path in stale if FileSystems.exists(path)]
-    if existing:
-        FileSystems.delete(existing)
+def _remove(path: str) -> None:
+    """Delete a file or a folder (with what it holds, on object stores too) if there."""
+    found = [m.path for r in FileSystems.match([path, join(path, "*")]) for m in r.metadata_list]
+    if found:
+        FileSystems.delete(sorted(set(found), key=len, reverse=True))
+
+
+def publish(staging: str, output: str) -> None:
+    """Replace the previous run's outputs by this run's, complete in `staging`: stats.json goes
+    first and comes back last, so a kill half-way leaves an output that is not complete."""
+    for name in OUTPUTS[::-1]:
+        _remove(join(output, name))
+    for name in OUTPUTS:
+        source = join(staging, name)
+        files = [m.path for m in FileSystems.match([join(source, "*")])[0].metadata_list]
+        if files:
+            FileSystems.mkdirs(join(output, name))
+            names = [join(output, name, f.rsplit("/", 1)[-1]) for f in files]
+            FileSystems.rename(files, names)
+        elif FileSystems.exists(source):
+            FileSystems.rename([source], [join(output, name)])
+    _remove(staging)
 
 
 class _Stages:
@@ -123,14 +152,15 @@ class _Balancer:
         stages.stats["balance_pre"], self.before = out["stats"], out["counts"]
         return out["pairs"]
 
-    def after_curation(self, pairs, stages: _Stages):
+    def after_curation(self, pairs, stages: _Stages, sinks: list):
         config = self.config
         out = pairs | "FinalBalance" >> Balance(config, self.size, config.max_per_query, "final")
         stages.stats["balance_final"] = out["stats"]
         before = beam.pvalue.AsSingleton(self.before) if self.before is not None else None
-        out["counts"] | "WriteQueryCounts" >> beam.Map(
+        written = out["counts"] | "WriteQueryCounts" >> beam.Map(
             _write_query_counts, before, config.queries, self.folder, config.max_per_query
         )
+        sinks.append(written)
         return out["pairs"]
 
 
@@ -164,10 +194,12 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
     cache = CrawlCache(join(config.output, "_crawl_cache", crawl_fingerprint(config, paths)))
     if not config.resume:
         cache.delete()
-    _clear_outputs(config.output)
+    staging = join(config.output, STAGING)
+    _remove(staging)  # what a killed run left half-written
 
-    pairs = pipeline | "Read" >> ReadPairs(paths, config.spec)
-    input_rows = pairs | "CountInput" >> beam.combiners.Count.Globally()
+    read = pipeline | "Read" >> ReadPairs(paths, config.spec)
+    pairs, input_rows = read["pairs"], read[ROWS]
+    sinks = []
     stages = _Stages()
     filters = config.filters or FiltersConfig()
     if filters.text:
@@ -175,7 +207,7 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
     dedup = config.dedup
     if dedup and dedup.exact:
         pairs = stages.apply(pairs, "UrlDedup", UrlDedup(dedup), "dedup_url")
-    balancer = _Balancer(config.balance, config.output) if config.balance else None
+    balancer = _Balancer(config.balance, staging) if config.balance else None
     if balancer:
         pairs = balancer.before_download(pairs, stages)
     crawl = dataclasses.replace(config.crawl, cache_folder=cache.folder)
@@ -186,8 +218,8 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
         image_dedup = ImageDedup(dataclasses.replace(dedup, eval_image=config.crawl.image))
         out = pairs | "ImageDedup" >> image_dedup
         pairs, stages.stats["dedup_image"] = out["pairs"], out["stats"]
-        examples = join(config.output, DEDUP_EXAMPLES)
-        (
+        examples = join(staging, DEDUP_EXAMPLES)
+        sinks.append(
             out["examples"]
             | "CollectExamples" >> beam.combiners.ToList()
             | "WriteExamples" >> beam.Map(_write_examples, examples)
@@ -195,11 +227,15 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
     if filters.score:
         pairs = stages.apply(pairs, "ScoreFilter", ScoreFilter(filters.score), "score")
     if balancer:
-        pairs = balancer.after_curation(pairs, stages)
+        pairs = balancer.after_curation(pairs, stages, sinks)
     extra = {"fingerprint": run_id, "inputs": paths, "config": dataclasses.asdict(config)}
     stats = pairs | "Shard" >> WriteShards(
-        config.output, config.samples_per_shard, input_rows, extra, stages.stats
+        staging, config.samples_per_shard, input_rows, extra, stages.stats
+    )
+    waits = [beam.pvalue.AsList(sink) for sink in sinks]  # the other writers must be done
+    published = stats | "Publish" >> beam.Map(
+        lambda stats, *_: publish(staging, config.output) or stats, *waits
     )
     if not config.keep_crawl_cache:
-        stats | "DropCrawlCache" >> beam.Map(lambda _: cache.delete())
-    return stats
+        published | "DropCrawlCache" >> beam.Map(lambda _: cache.delete())
+    return published

@@ -5,18 +5,32 @@ Resize modes follow img2dataset's meaning so users can switch without surprises:
 then crops the centre square, `border` makes the longer side `image_size` and pads to a square.
 JPEGs are decoded in draft mode (DCT scaling) when shrinking: several times cheaper, and the
 result is still at least the requested size, so the final resample keeps its quality.
+
+Hostile bodies: only the allow-listed formats are ever opened (`ImageConfig.formats`; never
+EPS, whose decoder hands PostScript to Ghostscript), the size a decode will really produce is
+judged before it starts (an ICO's embedded frame, not its directory entry), and the pixels
+decoded at once in this process share one budget, so 32 crawl threads cannot each decode a
+9000x9000 image at the same time. Transparent images are resized before they are flattened
+onto white, so a large RGBA never exists in three full-size copies.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
+SAFE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # --image-formats' default
+_CONTAINERS = ("ICO",)  # formats whose directory may lie about the size of the frame inside
+# What --image-formats may name: never EPS (Ghostscript), PDF, or Pillow's other exotic readers.
+ALLOWED_FORMATS = SAFE_FORMATS + _CONTAINERS
 
 
 class ImageError(Exception):
@@ -33,10 +47,52 @@ class ImageConfig:
     resize_mode: str = "center_crop"
     quality: int = 95
     max_pixels: int = 100_000_000
+    formats: tuple[str, ...] = SAFE_FORMATS  # Pillow format names that may be opened
+    decode_budget: int | None = None  # pixels decoded at once per process; None: max_pixels
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize mode {self.resize_mode!r} is not one of {RESIZE_MODES}")
+        refused = set(self.formats) - set(ALLOWED_FORMATS)
+        if refused or not self.formats:
+            raise ValueError(f"image formats {sorted(refused)} are not among {ALLOWED_FORMATS}")
+
+
+class PixelBudget:
+    """Decoded pixels in flight in one process: `hold(n)` waits until n more fit. An image over
+    the whole budget is refused at once (it would wait forever)."""
+
+    def __init__(self, pixels: int):
+        self.pixels = pixels
+        self._used = 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        if pixels > self.pixels:
+            raise ImageError(
+                "too_large", f"decodes to {pixels} pixels, over the decode budget of {self.pixels}"
+            )
+        with self._free:
+            self._free.wait_for(lambda: self._used + pixels <= self.pixels)
+            self._used += pixels
+        try:
+            yield
+        finally:
+            with self._free:
+                self._used -= pixels
+                self._free.notify_all()
+
+
+_BUDGETS: dict[int, PixelBudget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def decode_budget(config: ImageConfig) -> PixelBudget:
+    """The process-wide budget of `config` (one per size, shared by every thread)."""
+    pixels = config.decode_budget or config.max_pixels
+    with _BUDGETS_LOCK:
+        return _BUDGETS.setdefault(pixels, PixelBudget(pixels))
 
 
 @dataclass(frozen=True)
@@ -49,30 +105,45 @@ class ProcessedImage:
     sha256: str
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open (not yet decode) an image, refusing non-images and decompression bombs up front."""
+def open_image(
+    data: bytes, max_pixels: int, formats: tuple[str, ...] = SAFE_FORMATS
+) -> Image.Image:
+    """Open (not yet decode) an image of an allowed format, refusing non-images and
+    decompression bombs up front (for a container, by the size of the frame it holds)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=list(formats))
+            width, height = _frame_size(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("decompression_bomb", str(exc)) from None
     except Exception as exc:  # Pillow raises many types for a non-image body
-        raise ImageError("not_image", f"not a decodable image: {exc}") from None
-    width, height = image.size
+        allowed = ", ".join(formats)
+        raise ImageError("not_image", f"not an image in {allowed}: {exc}") from None
     if width * height > max_pixels:
         raise ImageError("decompression_bomb", f"{width}x{height} is over {max_pixels} pixels")
     return image
+
+
+def _frame_size(image: Image.Image) -> tuple[int, int]:
+    """The size decoding will produce: a container's directory says one thing, the frame it
+    points to (read up to its header only) may say another."""
+    if image.format in _CONTAINERS:
+        return image.ico.getimage(image.size).size
+    return image.size
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, with transparency composited onto white (a plain convert turns logos black)."""
     if image.mode == "RGB":
         return image
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    if not has_alpha:
+    if not has_alpha(image):
         return image.convert("RGB")
-    rgba = image.convert("RGBA")
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
 
@@ -109,35 +180,49 @@ def resize(image: Image.Image, size: int, mode: str) -> Image.Image:
         image = image.resize(new, Image.Resampling.BICUBIC, reducing_gap=2.0 if scale < 1 else None)
     if mode == "border":
         canvas = Image.new("RGB", (size, size), (0, 0, 0))
-        canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+        canvas.paste(to_rgb(image), ((size - image.width) // 2, (size - image.height) // 2))
         image = canvas
     return image
 
 
 def process_image(data: bytes, config: ImageConfig) -> ProcessedImage:
     """Decode `data`, orient, convert to RGB, resize and encode JPEG; ImageError if unusable."""
-    return finish_image(open_image(data, config.max_pixels), config)
+    return finish_image(open_image(data, config.max_pixels, config.formats), config)
 
 
 def finish_image(image: Image.Image, config: ImageConfig) -> ProcessedImage:
-    """Decode an opened image and make the shard's JPEG (see `process_image`)."""
+    """Decode an opened image and make the shard's JPEG (see `process_image`), inside this
+    process's decode budget."""
     original_width, original_height = oriented_size(image)
     try:
         if config.resize_mode != "no" and image.format == "JPEG":
-            image.draft("RGB", (config.image_size, config.image_size))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        image = resize(to_rgb(image), config.image_size, config.resize_mode)
-        out = io.BytesIO()
-        image.save(out, format="JPEG", quality=config.quality)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            image.draft("RGB", (config.image_size, config.image_size))  # what will be decoded
+        width, height = _frame_size(image)
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("decode", f"cannot decode image: {exc}") from None
-    jpeg = out.getvalue()
+    with decode_budget(config).hold(width * height):
+        jpeg, width, height = _decode_and_encode(image, config)
     return ProcessedImage(
         jpeg=jpeg,
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         original_width=original_width,
         original_height=original_height,
         sha256=hashlib.sha256(jpeg).hexdigest(),
     )
+
+
+def _decode_and_encode(image: Image.Image, config: ImageConfig) -> tuple[bytes, int, int]:
+    try:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        if has_alpha(image):  # resize first: flattening a full-size RGBA copies it thrice
+            image = image if image.mode == "RGBA" else image.convert("RGBA")
+        else:
+            image = to_rgb(image)
+        image = to_rgb(resize(image, config.image_size, config.resize_mode))
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=config.quality)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError("decode", f"cannot decode image: {exc}") from None
+    return out.getvalue(), image.width, image.height

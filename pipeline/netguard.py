@@ -72,11 +72,58 @@ class CachingResolver:
         return addresses
 
 
+# Refused whatever the Python version's `is_global` says (its tables changed across releases).
+_SPECIAL = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+        "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/128", "::1/128", "100::/64", "64:ff9b:1::/48", "2001:2::/48", "2001:10::/28",
+        "2001:20::/28", "2001:db8::/32", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10",
+        "fec0::/10", "ff00::/8",
+    )
+)  # fmt: skip
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (mapped, compatible, translated, NAT64,
+    6to4, Teredo's server and client): traffic to it may well reach them."""
+    low = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    found = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    if any(address in net for net in (_NAT64, _IPV4_COMPATIBLE, _IPV4_TRANSLATED)):
+        found.append(low)
+    return [a for a in found if a is not None]
+
+
+def _is_special(address: IPAddress) -> bool:
+    return any(address in net for net in _SPECIAL if net.version == address.version)
+
+
+def _public_itself(address: IPAddress) -> bool:
+    return address.is_global and not address.is_multicast and not _is_special(address)
+
+
 def is_public(address: IPAddress) -> bool:
-    """True for globally routable unicast addresses; IPv4-mapped IPv6 is judged as its IPv4."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
+    """True for globally routable unicast addresses; an IPv6 address that embeds IPv4 ones is
+    judged by them (`[::ffff:127.0.0.1]`, `[::127.0.0.1]`, `[64:ff9b::a9fe:a9fe]`...)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(address)
+        if embedded:
+            return not _is_special(address) and all(_public_itself(a) for a in embedded)
+    return _public_itself(address)
+
+
+def is_allowed(address: IPAddress, allowed_networks: Sequence) -> bool:
+    """Public, or inside `allowed_networks` (the address, or every IPv4 address it embeds)."""
+    if is_public(address) or any(address in net for net in allowed_networks):
+        return True
+    embedded = embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else []
+    allowed = [net for net in allowed_networks if net.version == 4]
+    return bool(embedded) and all(any(a in net for net in allowed) for a in embedded)
 
 
 def parse_networks(
@@ -119,7 +166,7 @@ def resolve_target(
         raise UrlRefused("dns", f"no address for {host!r}")
     for text in addresses:
         address = ipaddress.ip_address(text.split("%", 1)[0])
-        if is_public(address) or any(address in net for net in allowed_networks):
+        if is_allowed(address, allowed_networks):
             return Target(scheme, host, port, path, str(address))
     raise UrlRefused(
         "private_address",

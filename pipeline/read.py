@@ -1,46 +1,40 @@
-"""Read stage: input lists into one Pair per row, spread over workers by file and row group."""
+"""Read stage: input lists into one Pair per row, spread over workers by file and row group.
+
+Each unit's rows are also counted from the input itself (`count_rows`: parquet metadata, the
+records of a text format), apart from what the reader turns into pairs; that count is the
+run's `input_rows`, which the shard stage checks against the manifest.
+"""
 
 from __future__ import annotations
-
-import logging
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from manifests.readers import InputSpec, ReadUnit, make_key, plan_units, read_unit
-from manifests.schema import Pair, error
+from manifests.readers import InputSpec, ReadUnit, count_rows, plan_units, read_unit_safely
 
-log = logging.getLogger(__name__)
+ROWS = "input_rows"
 
 
 class _ReadUnitFn(beam.DoFn):
-    """Rows of one unit; a file that breaks mid-way (corrupt gzip, say) keeps the rows read so
-    far and ends in one `error:unreadable_input` row that names the failure, never a crash."""
+    """Rows of one unit as Pairs; its source row count on the `input_rows` output."""
 
     def __init__(self, spec: InputSpec):
         self._spec = spec
         self._rows = Metrics.counter("read", "rows")
-        self._broken = Metrics.counter("read", "unreadable_units")
+        self._counted = Metrics.counter("read", "source_rows")
 
     def process(self, unit: ReadUnit):
-        rows = 0
-        try:
-            for pair in read_unit(unit, self._spec):
-                rows += 1
-                yield pair
-        except Exception as exc:  # any reader failure is the input's fault, not the run's
-            log.warning("cannot read %s after %d rows: %s", unit.path, rows, exc)
-            self._broken.inc()
-            key = make_key(unit.file_index, unit.first_row + rows)
-            source = unit.path.rsplit("/", 1)[-1]
-            yield Pair(key=key, url="", caption="", source=source).with_status(
-                error("unreadable_input"), f"{type(exc).__name__}: {exc}"
-            )
-        self._rows.inc(rows)
+        expected = count_rows(unit)
+        self._counted.inc(expected)
+        yield beam.pvalue.TaggedOutput(ROWS, expected)
+        for pair in read_unit_safely(unit, self._spec, expected):
+            self._rows.inc()
+            yield pair
 
 
 class ReadPairs(beam.PTransform):
-    """Sorted input paths in, Pairs out (bad rows included with an error status)."""
+    """Sorted input paths in; `pairs` (bad rows included with an error status) and
+    `input_rows` (a singleton: the rows the inputs hold) out."""
 
     def __init__(self, paths: list[str], spec: InputSpec):
         super().__init__()
@@ -49,10 +43,12 @@ class ReadPairs(beam.PTransform):
 
     def expand(self, pbegin):
         spec = self._spec
-        return (
+        out = (
             pbegin
             | "Files" >> beam.Create(list(enumerate(self._paths)))
             | "PlanUnits" >> beam.FlatMap(lambda item: plan_units(item[1], item[0], spec))
             | "SpreadUnits" >> beam.Reshuffle()
-            | "ReadRows" >> beam.ParDo(_ReadUnitFn(spec))
+            | "ReadRows" >> beam.ParDo(_ReadUnitFn(spec)).with_outputs(ROWS, main="pairs")
         )
+        rows = out[ROWS] | "SumRows" >> beam.CombineGlobally(sum)
+        return {"pairs": out.pairs, ROWS: rows}

@@ -93,7 +93,24 @@ def merge_summaries(summaries) -> dict:
     }
 
 
+class ConservationError(RuntimeError):
+    """The manifest does not hold one row per input row: some stage lost or invented rows."""
+
+
+def check_conservation(merged: dict, input_rows: int) -> None:
+    """Fail the run loudly, both numbers named, unless every input row is in the manifest
+    exactly once. `input_rows` is counted from the inputs, not from the reader's pairs."""
+    rows, counted = merged["manifest_rows"], sum(merged["status_counts"].values())
+    if rows != input_rows or counted != input_rows:
+        raise ConservationError(
+            f"the inputs hold {input_rows} rows but the manifest has {rows} "
+            f"(status counts sum to {counted}): rows were lost or duplicated on the way"
+        )
+
+
 def write_stats(merged: dict, input_rows: int, output: str, extra: dict, **stage_stats) -> dict:
+    """stats.json, written only when the conservation check passes."""
+    check_conservation(merged, input_rows)
     stats = {"input_rows": input_rows, **merged, **stage_stats, **extra}
     write_atomic(join(output, "stats.json"), json.dumps(stats, indent=2).encode("utf-8"))
     return stats

@@ -36,8 +36,30 @@ def server(corpus):
     noise = io.BytesIO()
     Image.effect_noise((300, 300), 60).convert("RGB").save(noise, format="JPEG", quality=90)
     images["photo.jpg"] = noise.getvalue()  # ~40 kB: enough body to drip, reset or truncate
+    images["vector.jpg"] = EPS  # PostScript served as image/jpeg: must never reach Ghostscript
+    images["lying.jpg"] = ico_around(_png((3000, 2000)))  # a 16x16 ICO entry hiding 6 Mpx
     with CorpusServer(images) as srv:
         yield srv
+
+
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n%%EndComments\n"
+    b"(/etc/passwd) (r) file pop\nshowpage\n%%EOF\n"
+)
+
+
+def ico_around(frame: bytes, declared: int = 16) -> bytes:
+    """An ICO whose directory declares a `declared`-pixel icon and holds `frame` (a PNG)."""
+    entry = bytes([declared, declared, 0, 0]) + (1).to_bytes(2, "little")
+    entry += (32).to_bytes(2, "little") + len(frame).to_bytes(4, "little")
+    entry += (22).to_bytes(4, "little")  # the frame follows the 6-byte header and one entry
+    return b"\x00\x00\x01\x00\x01\x00" + entry + frame
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 10, 200)).save(out, format="PNG")
+    return out.getvalue()
 
 
 def _jpeg(size: tuple[int, int]) -> bytes:

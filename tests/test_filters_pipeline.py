@@ -164,6 +164,41 @@ def test_a_failing_filter_costs_its_pair_not_the_run(tmp_path, monkeypatch):
     sys.modules.pop("bad_filters", None)
 
 
+BAD_UPDATES = """
+from dataclasses import dataclass
+from filters.base import Verdict, register
+
+@dataclass(frozen=True)
+class NoConfig:
+    pass
+
+@register("bad_updates", "text", NoConfig)
+def bad_updates(pair, config):
+    if "cat" in pair.caption:
+        return Verdict(None, updates={"langauge": "en"})  # a misspelt field
+    if "dog" in pair.caption:
+        return Verdict(None, updates={"language": 5})  # a wrong type
+    return Verdict(None, updates={"language": "en"})
+"""
+
+
+def test_bad_verdict_updates_cost_their_pair_not_the_run(tmp_path, monkeypatch):
+    (tmp_path / "bad_updates.py").write_text(BAD_UPDATES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import bad_updates  # noqa: F401  (registers bad_updates)
+
+    pairs = [Pair(key=f"00000{i:010d}", url="http://x/", caption=c)
+             for i, c in enumerate(["a cat", "a dog", "a bird"])]  # fmt: skip
+    out, funnel, _ = run_chain(pairs, [step("bad_updates")])
+    by_caption = {p.caption: p for p in out}
+    assert by_caption["a cat"].status == by_caption["a dog"].status == error("filter")
+    assert "langauge" in by_caption["a cat"].error_message
+    assert "language=5" in by_caption["a dog"].error_message
+    assert (by_caption["a bird"].status, by_caption["a bird"].language) == ("ok", "en")
+    assert funnel["filters"][0]["dropped"] == {"error": 2}
+    sys.modules.pop("bad_updates", None)
+
+
 def _jpeg(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=90)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from conftest import EPS, ico_around
 from PIL import Image
 
 from pipeline.imaging import ImageConfig, ImageError, process_image
@@ -133,3 +134,66 @@ def test_bomb_is_refused_without_allocating_its_pixels(server):
         tracemalloc.stop()
     assert caught.value.kind == "decompression_bomb"
     assert peak < 5_000_000  # 900 Mpx would be ~900 MB decoded
+
+
+def test_eps_is_never_opened():
+    """Defect 6: any Pillow format was opened, EPS included (PostScript for Ghostscript)."""
+    from pipeline.imaging import open_image
+
+    with pytest.raises(ImageError) as caught:
+        open_image(EPS, 100_000_000)
+    assert caught.value.kind == "not_image"
+    with pytest.raises(ImageError):
+        open_image(encode(Image.new("RGB", (20, 20)), "PNG"), 100_000_000, ("JPEG",))
+    with pytest.raises(ValueError, match="EPS"):
+        ImageConfig(formats=("JPEG", "EPS"))
+
+
+def test_an_ico_is_judged_by_the_frame_it_holds_before_decoding():
+    """Defect 8 (ICO): a 16x16 directory entry hid a large PNG that was decoded in full."""
+    from pipeline.imaging import open_image
+
+    data = ico_around(encode(Image.new("RGB", (3000, 2000)), "PNG"))
+    with pytest.raises(ImageError) as caught:
+        open_image(data, 1_000_000, ("PNG", "ICO"))
+    assert caught.value.kind == "decompression_bomb"
+    assert "3000x2000" in str(caught.value)
+    with pytest.raises(ImageError) as caught:
+        process_image(data, ImageConfig(32))  # ICO is not among the default formats
+    assert caught.value.kind == "not_image"
+    small = ico_around(encode(Image.new("RGB", (16, 16), (0, 0, 255)), "PNG"))
+    config = ImageConfig(32, formats=("PNG", "ICO"))
+    assert decode(process_image(small, config).jpeg).getpixel((16, 16))[2] > 200
+
+
+def test_decode_budget_lets_no_more_pixels_in_flight_than_it_holds():
+    """Defect 8 (threads): each of 32 threads could decode a 9000x9000 RGBA at once."""
+    import threading
+
+    from pipeline.imaging import PixelBudget
+
+    budget = PixelBudget(100)
+    entered = threading.Event()
+
+    def second():
+        with budget.hold(60):
+            entered.set()
+
+    with budget.hold(60):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not entered.wait(0.3)  # 120 pixels would be over the budget: it waits
+    waiter.join(5)
+    assert entered.is_set()
+    with pytest.raises(ImageError) as caught, budget.hold(101):
+        pass
+    assert caught.value.kind == "too_large"
+
+
+def test_an_image_over_the_whole_decode_budget_gets_a_status():
+    data = encode(Image.new("RGBA", (1500, 1000)), "PNG")
+    with pytest.raises(ImageError) as caught:
+        process_image(data, ImageConfig(32, decode_budget=1_000_000))
+    assert caught.value.kind == "too_large"
+    assert "decode budget" in str(caught.value)
+    assert process_image(data, ImageConfig(32, decode_budget=1_500_000)).width == 32

@@ -124,3 +124,48 @@ def test_caching_resolver_asks_once_per_host_within_its_ttl():
     expired("a.example", 80)
     expired("a.example", 80)
     assert calls.count("a.example") == 3
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "::127.0.0.1",  # IPv4-compatible
+        "::ffff:0:7f00:1",  # IPv4-translated 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254, the metadata service
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b:1::a00:1",  # local-use NAT64
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+        "fec0::1",  # site-local
+        "192.0.0.8",  # IETF protocol assignments (192.0.0.0/24)
+        "192.0.0.170",
+        "198.18.0.1",  # benchmarking
+        "2001:db8::1",  # documentation
+    ],
+)
+def test_ipv6_forms_of_private_ipv4_and_special_ranges_are_refused(address):
+    """Defect 7: the guard passed IPv6 forms that embed a private IPv4 address."""
+    assert not is_public(ipaddress.ip_address(address))
+    with pytest.raises(UrlRefused) as caught:
+        resolve_target("http://innocent.example/x.jpg", lambda host, port: [address])
+    assert caught.value.kind == "private_address"
+    literal = f"http://[{address}]/x.jpg" if ":" in address else f"http://{address}/x.jpg"
+    with pytest.raises(UrlRefused):
+        resolve_target(literal, lambda host, port: [host])
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:1.1.1.1"])
+def test_ipv6_forms_of_public_ipv4_pass(address):
+    target = resolve_target("http://h/x", lambda h, p: [address])
+    assert target.address == str(ipaddress.ip_address(address))
+
+
+def test_allowed_networks_cover_the_ipv4_inside_an_ipv6_form():
+    loopback = parse_networks(["127.0.0.0/8"])
+    for address in ("::127.0.0.1", "::ffff:127.0.0.1", "2002:7f00:1::"):
+        assert resolve_target("http://h/x", lambda h, p, a=address: [a], loopback)
+    with pytest.raises(UrlRefused):
+        resolve_target("http://h/x", lambda h, p: ["64:ff9b::a00:1"], loopback)
+    everything = parse_networks(["0.0.0.0/0", "::/0"])
+    assert resolve_target("http://h/x", lambda h, p: ["fec0::1"], everything)

@@ -101,3 +101,97 @@ def test_a_complete_output_is_not_redone(tmp_path, server, corpus):
     assert beam_runner.run(argv) is None  # complete: nothing runs
     assert (tmp_path / "out" / "stats.json").read_bytes() == first
     assert beam_runner.run([*argv, "--no-resume"]) is not None
+
+
+def _shard_texts(folder: Path) -> list[str]:
+    import tarfile
+
+    texts = []
+    for shard in sorted((folder / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            texts += [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")]
+    return sorted(texts)
+
+
+def test_rows_appended_to_a_finished_input_make_a_new_run(tmp_path, server, corpus):
+    """Defect 3: resume was keyed on paths, so appended rows were skipped as complete."""
+    input_path = tmp_path / "list.csv"
+    input_path.write_text(f"url,caption\n{server.url('img/' + corpus[0].name)},one\n")
+    argv = command(input_path, tmp_path / "out")[2:]
+    assert beam_runner.run(argv) is not None
+    with input_path.open("a") as f:
+        f.write(f"{server.url('img/' + corpus[1].name)},two\n")
+    assert beam_runner.run(argv) is not None
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["input_rows"] == 2 and stats["status_counts"] == {"ok": 2}
+
+
+def test_a_cached_batch_never_brings_back_old_captions(tmp_path, server, corpus):
+    """Defect 3: after a kill, captions edited in the input came back from the crawl cache.
+    The edit here even keeps the file's size and modification time, so the cache is used."""
+    import os
+
+    input_path = tmp_path / "list.csv"
+    input_path.write_text(f"url,caption\n{server.url('img/' + corpus[0].name)},one\n")
+    out = tmp_path / "out"
+    argv = [*command(input_path, out)[2:], "--keep-crawl-cache"]
+    assert beam_runner.run(argv) is not None
+    (out / "stats.json").unlink()  # as if killed before the end
+    stat = input_path.stat()
+    input_path.write_text(input_path.read_text().replace(",one", ",uno"))
+    os.utime(input_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    fetched = server.hits.get("/img/" + corpus[0].name, 0)
+    assert beam_runner.run(argv) is not None
+    assert server.hits.get("/img/" + corpus[0].name, 0) == fetched  # the cache was used
+    assert _shard_texts(out) == ["uno"]
+
+
+def test_an_unreadable_cache_file_is_fetched_again(tmp_path, server, corpus):
+    """Defect 4: a truncated crawl-cache file failed every rerun in Crawl/Download."""
+    input_path = tmp_path / "list.csv"
+    rows = "".join(f"{server.url('img/' + corpus[i].name)},c{i}\n" for i in range(4))
+    input_path.write_text("url,caption\n" + rows)
+    out = tmp_path / "out"
+    argv = [*command(input_path, out)[2:], "--keep-crawl-cache", "--batch-rows", "2"]
+    assert beam_runner.run(argv) is not None
+    reference = outputs(out)
+    (out / "stats.json").unlink()
+    cached = sorted(out.glob("_crawl_cache/*/*.parquet"))
+    cached[0].write_bytes(cached[0].read_bytes()[:100])  # truncated
+    assert beam_runner.run(argv) is not None
+    assert outputs(out) == reference
+
+
+FAILING_SETUP = """
+from dataclasses import dataclass
+from filters.base import register
+
+@dataclass(frozen=True)
+class BoomConfig:
+    pass
+
+def _setup(config):
+    raise RuntimeError("this filter cannot start")
+
+@register("boom", "text", BoomConfig, setup=_setup)
+def boom(pair, config):
+    return None
+"""
+
+
+def test_a_failed_run_leaves_the_previous_outputs_in_place(tmp_path, server, corpus, monkeypatch):
+    """Defect 4: build() deleted the previous outputs before the new run had written any."""
+    import pytest
+
+    (tmp_path / "boom_filter.py").write_text(FAILING_SETUP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    input_path = tmp_path / "list.csv"
+    input_path.write_text(f"url,caption\n{server.url('img/' + corpus[0].name)},one\n")
+    out = tmp_path / "out"
+    argv = command(input_path, out)[2:]
+    assert beam_runner.run(argv) is not None
+    before = outputs(out)
+    with pytest.raises(Exception, match="this filter cannot start"):
+        beam_runner.run([*argv, "--filter-plugins", "boom_filter", "--filters", "boom"])
+    assert outputs(out) == before
+    assert beam_runner.run(argv) is None  # still complete
