@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         try:
             settings = resume.inherit({k: v for k, v in vars(args).items() if k in fields})
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # a conflicting flag, no such checkpoint
             train_parser.error(str(exc))
         result = train(TrainConfig(**settings))
         summary = {"final_loss": result["losses"][-1] if result["losses"] else None,

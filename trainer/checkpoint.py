@@ -54,7 +54,8 @@ def load(path: str | Path, device: str = "cpu", mmap: bool = False) -> dict:
     except pickle.UnpicklingError as exc:
         raise ValueError(
             f"{path}: refusing to load a checkpoint that holds more than tensors and plain "
-            f"values (it could run code); openwit writes none such ({exc})"
+            "values (it could run code); openwit writes none such, though its versions before "
+            f"weights-only loading stored numpy RNG states ({exc})"
         ) from exc
 
 
