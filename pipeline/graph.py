@@ -97,11 +97,18 @@ def is_complete(output: str, run_id: str) -> bool:
         return False
 
 
+def _files_under(path: str) -> list[str]:
+    """Every file below `path` (object stores have no folders, only names with slashes)."""
+    return [m.path for m in FileSystems.match([join(path, "**")])[0].metadata_list]
+
+
 def _remove(path: str) -> None:
-    """Delete a file or a folder (with what it holds, on object stores too) if there."""
-    found = [m.path for r in FileSystems.match([path, join(path, "*")]) for m in r.metadata_list]
-    if found:
-        FileSystems.delete(sorted(set(found), key=len, reverse=True))
+    """Delete a file, or a folder and all it holds, if there."""
+    files = _files_under(path)
+    if files:
+        FileSystems.delete(files)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
 
 
 def publish(staging: str, output: str) -> None:
@@ -110,14 +117,14 @@ def publish(staging: str, output: str) -> None:
     for name in OUTPUTS[::-1]:
         _remove(join(output, name))
     for name in OUTPUTS:
-        source = join(staging, name)
-        files = [m.path for m in FileSystems.match([join(source, "*")])[0].metadata_list]
+        source, target = join(staging, name), join(output, name)
+        files = _files_under(source) or ([source] if FileSystems.exists(source) else [])
+        targets = [target + path[len(source) :] for path in files]
+        for folder in {t.rsplit("/", 1)[0] for t in targets if t != target}:
+            if not FileSystems.exists(folder):
+                FileSystems.mkdirs(folder)
         if files:
-            FileSystems.mkdirs(join(output, name))
-            names = [join(output, name, f.rsplit("/", 1)[-1]) for f in files]
-            FileSystems.rename(files, names)
-        elif FileSystems.exists(source):
-            FileSystems.rename([source], [join(output, name)])
+            FileSystems.rename(files, targets)
     _remove(staging)
 
 

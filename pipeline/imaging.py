@@ -8,7 +8,7 @@ result is still at least the requested size, so the final resample keeps its qua
 
 Hostile bodies: only the allow-listed formats are ever opened (`ImageConfig.formats`; never
 EPS, whose decoder hands PostScript to Ghostscript), the size a decode will really produce is
-judged before it starts (an ICO's embedded frame, not its directory entry), and the pixels
+judged before it starts (an ICO by the frames it holds, not by its directory), and the pixels
 decoded at once in this process share one budget, so 32 crawl threads cannot each decode a
 9000x9000 image at the same time. Transparent images are resized before they are flattened
 onto white, so a large RGBA never exists in three full-size copies.
@@ -28,9 +28,10 @@ from PIL import Image, ImageOps
 
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
 SAFE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # --image-formats' default
-_CONTAINERS = ("ICO",)  # formats whose directory may lie about the size of the frame inside
 # What --image-formats may name: never EPS (Ghostscript), PDF, or Pillow's other exotic readers.
-ALLOWED_FORMATS = SAFE_FORMATS + _CONTAINERS
+ALLOWED_FORMATS = (*SAFE_FORMATS, "ICO")
+_ICO_MAGIC = b"\x00\x00\x01\x00"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(Exception):
@@ -109,28 +110,41 @@ def open_image(
     data: bytes, max_pixels: int, formats: tuple[str, ...] = SAFE_FORMATS
 ) -> Image.Image:
     """Open (not yet decode) an image of an allowed format, refusing non-images and
-    decompression bombs up front (for a container, by the size of the frame it holds)."""
+    decompression bombs up front (an ICO by the frames it holds, before Pillow decodes one)."""
+    if "ICO" in formats and data[:4] == _ICO_MAGIC:
+        for width, height in _ico_frame_sizes(data):
+            if width * height > max_pixels:
+                message = f"ICO frame of {width}x{height} is over {max_pixels} pixels"
+                raise ImageError("decompression_bomb", message)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(formats))
-            width, height = _frame_size(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("decompression_bomb", str(exc)) from None
     except Exception as exc:  # Pillow raises many types for a non-image body
         allowed = ", ".join(formats)
         raise ImageError("not_image", f"not an image in {allowed}: {exc}") from None
+    width, height = image.size
     if width * height > max_pixels:
         raise ImageError("decompression_bomb", f"{width}x{height} is over {max_pixels} pixels")
     return image
 
 
-def _frame_size(image: Image.Image) -> tuple[int, int]:
-    """The size decoding will produce: a container's directory says one thing, the frame it
-    points to (read up to its header only) may say another."""
-    if image.format in _CONTAINERS:
-        return image.ico.getimage(image.size).size
-    return image.size
+def _ico_frame_sizes(data: bytes) -> list[tuple[int, int]]:
+    """The sizes of the frames an ICO holds, read from each frame's own header: the directory's
+    one-byte sizes may lie, and Pillow decodes the frame as soon as it opens the file."""
+    sizes = []
+    for index in range(int.from_bytes(data[4:6], "little")):
+        entry = data[6 + 16 * index : 22 + 16 * index]
+        offset = int.from_bytes(entry[12:16], "little")
+        frame = data[offset : offset + 24]
+        if frame[:8] == _PNG_MAGIC and len(frame) == 24:
+            sizes.append((int.from_bytes(frame[16:20], "big"), int.from_bytes(frame[20:24], "big")))
+        elif len(frame) >= 12:  # a BMP frame: its height counts the AND mask too
+            width = abs(int.from_bytes(frame[4:8], "little", signed=True))
+            sizes.append((width, abs(int.from_bytes(frame[8:12], "little", signed=True)) // 2))
+    return sizes
 
 
 def has_alpha(image: Image.Image) -> bool:
@@ -197,7 +211,7 @@ def finish_image(image: Image.Image, config: ImageConfig) -> ProcessedImage:
     try:
         if config.resize_mode != "no" and image.format == "JPEG":
             image.draft("RGB", (config.image_size, config.image_size))  # what will be decoded
-        width, height = _frame_size(image)
+        width, height = image.size
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("decode", f"cannot decode image: {exc}") from None
     with decode_budget(config).hold(width * height):

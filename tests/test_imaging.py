@@ -153,7 +153,9 @@ def test_an_ico_is_judged_by_the_frame_it_holds_before_decoding():
     """Defect 8 (ICO): a 16x16 directory entry hid a large PNG that was decoded in full."""
     from pipeline.imaging import open_image
 
-    data = ico_around(encode(Image.new("RGB", (3000, 2000)), "PNG"))
+    # the frame's pixel data is cut off: decoding it would fail, so only a check made before
+    # Pillow decodes (it does so when it opens an ICO) can give decompression_bomb
+    data = ico_around(encode(Image.new("RGB", (3000, 2000)), "PNG")[:200])
     with pytest.raises(ImageError) as caught:
         open_image(data, 1_000_000, ("PNG", "ICO"))
     assert caught.value.kind == "decompression_bomb"
