@@ -3,7 +3,8 @@
 This is how Flink's and Spark's job servers and Dataflow's Runner v2 run the graph: the job goes
 to a job service as a Runner API proto, and every step is unpickled and run in a separate SDK
 worker over the Fn API. Here the job service is Beam's Python one and the workers come from an
-EXTERNAL worker pool whose interpreter sees the venv's libraries but not this checkout: each
+EXTERNAL worker pool whose interpreter sees the venv's libraries but neither this checkout nor
+the train extra (torch), as on a Dataflow worker: each
 worker pip-installs the sdist that `--setup_file ./setup.py` staged (tests/portable_worker.py),
 so a module missing from the package fails here, not on Dataflow. The outputs must be those of
 the local runner, byte for byte.
@@ -11,7 +12,6 @@ the local runner, byte for byte.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,10 +42,18 @@ STARTUP_S = 60.0  # job service and worker pool listening
 JOB_S = 180.0  # the whole portable job; a stuck one fails with the logs, not a 300 s gRPC hang
 
 
+def train_extra_modules() -> list[str]:
+    """The modules of the `train` extra (torch, tokenizers): a Dataflow worker installs only
+    the runtime dependencies, so the graph must run without them."""
+    train = [r for r in metadata.requires("openwit") if 'extra == "train"' in r]
+    return [re.split(r"[<>=!~;\[ ]", r)[0] for r in train]
+
+
 def isolated_python(folder: Path) -> Path:
-    """A venv that imports this venv's libraries but not the project: its .pth names our
-    site-packages as a plain path, so their .pth files (the editable install's finder among
-    them) are never run, and the checkout is on no path."""
+    """A venv that imports this venv's libraries but not the project, nor the train extra: its
+    .pth names our site-packages as a plain path, so their .pth files (the editable install's
+    finder among them) are never run, the checkout is on no path, and importing torch fails as
+    where it is not installed."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     python = folder / "bin" / "python"
     purelib = subprocess.run(
@@ -51,6 +61,10 @@ def isolated_python(folder: Path) -> Path:
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     Path(purelib, "openwit-libraries.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    hidden = dict.fromkeys(train_extra_modules())  # None in sys.modules: ModuleNotFoundError
+    Path(purelib, "openwit-no-train-extra.pth").write_text(
+        f"import sys; sys.modules.update({hidden})\n"
+    )
     return python
 
 
@@ -146,7 +160,7 @@ class PortableServices:
 
 
 @pytest.fixture(scope="module")
-def web(tmp_path_factory) -> tuple[Path, list[str]]:
+def web_flags(tmp_path_factory) -> Iterator[list[str]]:
     """The demo's web-like corpus (faults, duplicates, four languages) served on loopback, and
     the demo recipe's crawl flags with every stage on; smaller shards and t so that sharding
     and balancing both have work to do, and a few served pictures in the eval set."""
@@ -164,7 +178,7 @@ def web(tmp_path_factory) -> tuple[Path, list[str]]:
         pq.write_table(pa.Table.from_pylist(rows), folder / "urls.parquet")
         crawl = recipe.load_recipe(str(RECIPE), [f"output={folder}"])["crawl"]
         crawl.update({"samples-per-shard": 16, "max-per-query": 6, "image-size": 64})
-        yield folder, recipe.as_flags(crawl)
+        yield recipe.as_flags(crawl)
 
 
 def outputs(folder: Path) -> dict:
@@ -182,12 +196,12 @@ def outputs(folder: Path) -> dict:
         "stats": stats,
         "manifest": sorted(manifest, key=lambda row: row["key"]),
         "shards": members,
-        "query_counts": pq.read_table(io.BytesIO(counts.read_bytes())).to_pylist(),
+        "query_counts": pq.read_table(counts).to_pylist(),
     }
 
 
-def test_the_whole_graph_on_the_portable_runner_matches_the_local_runner(web, tmp_path):
-    folder, flags = web
+def test_the_whole_graph_on_the_portable_runner_matches_the_local_runner(web_flags, tmp_path):
+    flags = web_flags
     python = isolated_python(tmp_path / "worker-venv")
     log = tmp_path / "submit.log"
     with PortableServices(tmp_path, python) as services:
@@ -201,8 +215,7 @@ def test_the_whole_graph_on_the_portable_runner_matches_the_local_runner(web, tm
     local, portable = outputs(tmp_path / "local"), outputs(tmp_path / "portable")
     counts = local["stats"]["status_counts"]
     print(f"local run {local_s:.1f} s, portable {portable_s:.1f} s, both from the submission; "
-          f"{len(local['manifest'])} rows, "
-          f"{len(local['shards'])} shards, status counts {counts}")  # fmt: skip
+          f"{len(local['manifest'])} rows, {len(local['shards'])} shards, {counts}")  # fmt: skip
     for status in ("ok", "error:http_404", "error:not_image", "error:decode", "dup:exact",
                    "dup:near", "balanced_out", "contaminated"):  # fmt: skip
         assert counts.get(status, 0) > 0, status  # every stage had work to do
