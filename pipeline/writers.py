@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from typing import BinaryIO, Protocol
 
-from webdataset import TarWriter
-
 from manifests.schema import Pair
 
 # Fixed tar metadata, so a rerun writes byte-identical shards.
@@ -37,6 +35,10 @@ class WebDatasetWriter:
     extension = "tar"
 
     def __init__(self, stream: BinaryIO):
+        from webdataset import (
+            TarWriter,
+        )  # imports torch when present: only where shards are written
+
         self._tar = TarWriter(
             stream, user=_TAR_OWNER, group=_TAR_OWNER, mtime=_TAR_MTIME, encoder=False
         )
