@@ -35,9 +35,8 @@ class WebDatasetWriter:
     extension = "tar"
 
     def __init__(self, stream: BinaryIO):
-        from webdataset import (
-            TarWriter,
-        )  # imports torch when present: only where shards are written
+        # imported here: webdataset imports torch when present, so only shard writers pay
+        from webdataset import TarWriter
 
         self._tar = TarWriter(
             stream, user=_TAR_OWNER, group=_TAR_OWNER, mtime=_TAR_MTIME, encoder=False
