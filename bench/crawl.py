@@ -74,7 +74,7 @@ def timed(command: list[str], **kwargs) -> float:
 
 
 def _tree_cpu(pid: int) -> float:
-    """CPU seconds of `pid` and its live descendants, from /proc."""
+    """CPU seconds of `pid` and its live descendants (with the children they reaped), from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     times: dict[int, float] = {}
@@ -86,7 +86,7 @@ def _tree_cpu(pid: int) -> float:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+        times[int(entry)] = sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
     total, stack = 0.0, [pid]
     while stack:
         current = stack.pop()
@@ -101,14 +101,15 @@ def timed_with_cpu(command: list[str], **kwargs) -> tuple[float, float, float]:
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
     samples: list[float] = []
+    tree = [0.0]  # the tree's CPU at the last sample: it counts a grandchild nobody waited for
 
     def sample() -> None:
-        last = 0.0
         while proc.poll() is None:
             time.sleep(1.0)
             now = _tree_cpu(proc.pid)
-            samples.append((now - last) / CORES)
-            last = now
+            if now:
+                samples.append((now - tree[0]) / CORES)
+                tree[0] = now
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -117,7 +118,7 @@ def timed_with_cpu(command: list[str], **kwargs) -> tuple[float, float, float]:
     wall = time.perf_counter() - start
     sampler.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = max((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), tree[0])
     median = statistics.median(samples[1:-1]) if len(samples) > 2 else 0.0
     return wall, cpu, median
 

@@ -95,7 +95,8 @@ class _Batch:
 class _CrawlBatchesFn(beam.DoFn):
     """Crawl batches: all their rows go to the host queues at once, bodies to the decode pool;
     batches are emitted as they complete, in any order, and new ones are admitted while fewer
-    than two rows per download thread are unfinished (at most `max_batches` at a time)."""
+    than a batch plus two rows per download thread are unfinished (at most `max_batches`), so
+    the host queues always hold work for every thread while a batch waits on its tail."""
 
     def __init__(self, config: CrawlConfig, max_batches: int = 8):
         self._config = config
@@ -105,7 +106,7 @@ class _CrawlBatchesFn(beam.DoFn):
         threads = self._config.threads or default_threads()
         self._decoder = decode_pool(self._config.decode_processes)
         self._decode_slots = threading.Semaphore(4 * CORES + 8)  # bodies waiting for a decoder
-        self._row_limit = 2 * threads
+        self._row_limit = 2 * threads + self._config.batch_rows
         self._fetcher = Fetcher(self._config.fetch)
         self._cache = CrawlCache(self._config.cache_folder) if self._config.cache_folder else None
         self._statuses: dict[str, object] = {}
