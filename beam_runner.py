@@ -15,23 +15,30 @@ refused, it loses data.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import time
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from filters import options as filter_options
 from filters.image_size import ImageSizeConfig
+from manifests.io import join, read_bytes
 from manifests.readers import FORMATS, InputSpec
 from pipeline import balance as balance_options
 from pipeline import dedup as dedup_options
-from pipeline import runners
+from pipeline import progress, runners
+from pipeline.console import CrawlBar, summary_table
 from pipeline.crawl import CrawlConfig
 from pipeline.fetch import USER_AGENT, FetchPolicy
 from pipeline.graph import PipelineConfig, build
 from pipeline.imaging import ALLOWED_FORMATS, RESIZE_MODES, SAFE_FORMATS, ImageConfig
 
 ALL_ADDRESSES = ("0.0.0.0/0", "::/0")
+# Runners that run the DoFns in this process, where the progress bar can hear them.
+LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -75,7 +82,18 @@ def make_parser() -> argparse.ArgumentParser:
     net.add_argument("--timeout", type=float, default=10.0, help="connect/read timeout, s")
     net.add_argument("--deadline", type=float, default=60.0, help="whole fetch per URL, s")
     net.add_argument("--retries", type=int, default=2)
-    net.add_argument("--threads", type=int, default=32, help="downloads per worker process")
+    net.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="downloads in flight per worker process (default 0: 128 per core, at most 1024)",
+    )
+    net.add_argument(
+        "--decode-processes",
+        type=int,
+        default=0,
+        help="decoding processes per worker (default 0: one per core; -1: threads in the worker)",
+    )
     net.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024)
     net.add_argument("--per-host-connections", type=int, default=2)
     net.add_argument("--user-agent", default=USER_AGENT)
@@ -85,6 +103,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="do not honour X-Robots-Tag noai/noimageai/noindex/noimageindex (own corpora only)",
     )
     net.add_argument("--per-host-delay", type=float, default=0.0, help="seconds between requests")
+    net.add_argument(
+        "--host-failures",
+        type=int,
+        default=3,
+        help="give a host up after this many connection failures in a row (0: never)",
+    )
     net.add_argument(
         "--ignore-robots-txt",
         action="store_true",
@@ -100,6 +124,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--allowed-networks",
         default="",
         help="comma-separated CIDRs allowed although not public, e.g. 127.0.0.0/8",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="log Beam's and openwit's INFO lines"
     )
     filter_options.add_arguments(parser)
     dedup_options.add_arguments(parser)
@@ -119,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         respect_robots_txt=not args.ignore_robots_txt,
         robots_timeout=args.robots_timeout,
         per_host_delay=args.per_host_delay,
+        host_failures=args.host_failures,
         allowed_networks=ALL_ADDRESSES
         if args.allow_private_addresses
         else tuple(c.strip() for c in args.allowed_networks.split(",") if c.strip()),
@@ -140,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             image=image,
             size_filter=sizes,
             threads=args.threads,
+            decode_processes=args.decode_processes,
             batch_rows=args.batch_rows,
         ),
         samples_per_shard=args.samples_per_shard,
@@ -170,6 +199,39 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult | N
     return result
 
 
+def configure_logging(verbose: bool) -> None:
+    """INFO lines with --verbose; otherwise warnings, and from Beam's own code only errors (its
+    type-hint, runner and optional-dependency notices are not the user's business)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(
+                lambda r: (
+                    r.levelno >= logging.ERROR or f"{os.sep}apache_beam{os.sep}" not in r.pathname
+                )
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: a quiet console with a live crawl bar on local runs, then a summary."""
+    args, beam_args = make_parser().parse_known_args(argv)
+    configure_logging(args.verbose)
+    local = PipelineOptions(beam_args).view_as(StandardOptions).runner in LOCAL_RUNNERS
+    bar = CrawlBar() if local else None
+    progress.install(bar)
+    start = time.monotonic()
+    try:
+        result = run(argv)
+    finally:
+        progress.install(None)
+        if bar is not None:
+            bar.close()
+    if result is None:
+        print(f"{args.output} is already complete; nothing to do (--no-resume redoes it)")
+        return
+    stats = json.loads(read_bytes(join(args.output, "stats.json")))
+    print(summary_table(stats, time.monotonic() - start))
+
+
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
-    run()
+    main()

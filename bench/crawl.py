@@ -1,11 +1,19 @@
-"""Crawl benchmark: openwit's pipeline against img2dataset on the same loopback corpus.
+"""Crawl benchmark: openwit against img2dataset on two loopback webs, same list, same run.
 
-    python bench/crawl.py [--images 5000] [--img2dataset .venv-bench/bin/img2dataset]
+    python bench/crawl.py [--images 4000] [--webs latency,zero] [--img2dataset PATH]
 
-Generates JPEGs of 200-1000 px (cached under bench_out/), serves them from a separate process
-on 127.0.0.1, then crawls the same URL list with img2dataset and with openwit, one after the
-other, both to 256 px center-crop WebDataset shards, each as a fresh process timed end to end.
-Prints one JSON line: pairs/s of each, their ratio, and where openwit's time goes.
+The pictures are photo-like and distinct (`demo.photos`: JPEG, PNG and WebP of 300-1,500 px,
+cached under bench_out/), so default dedup keeps them. Two webs serve them from a process of
+their own:
+  latency  `demo.latency_web`: many hosts on 127.0.0.x, log-normal time to first byte, a
+           per-connection bandwidth cap, 3% of 404s and stalled hosts (accept, never answer);
+  zero     `demo.server`: one host, no latency (the CPU-bound case).
+Both tools run at their defaults: img2dataset with processes = cores, its own thread count and
+one shard per process (its most favourable split); openwit with dedup on and only
+`--allowed-networks`. Both make 256 px center-crop WebDataset shards. Prints one JSON line per
+web: pairs/s of each, their ratio, the ok counts, CPU ms per URL of each tool's process tree,
+and the CPU utilisation of the openwit run (CPU seconds / wall / cores, whole run and median of
+1 s samples); a first line gives each tool's CPU ms per picture to decode, resize and encode.
 img2dataset lives in its own venv (`python3 -m venv .venv-bench && .venv-bench/bin/pip install
 img2dataset`): its pinned dependencies are not ours.
 """
@@ -14,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import random
+import resource
+import statistics
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,25 +38,19 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from demo.corpus import COLORS, SHAPES, draw_shape, encode  # noqa: E402
-from pipeline.fetch import Fetcher, FetchPolicy  # noqa: E402
+from demo import latency_web, photos  # noqa: E402
 from pipeline.imaging import ImageConfig, process_image  # noqa: E402
+
+CORES = os.cpu_count() or 2
 
 
 def make_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` JPEGs of 200-1000 px per side, generated once and cached."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{i:06d}.jpg" for i in range(count)]
-    rng = random.Random(seed)
-    for path in paths:
-        shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
-        size = (rng.randint(200, 1000), rng.randint(200, 1000))
-        if not path.exists():
-            path.write_bytes(encode(draw_shape(shape, color, "grey", size), "jpg"))
-    return paths
+    """`count` distinct photo-like pictures, generated once and cached."""
+    return photos.corpus(folder, count, seed)
 
 
 def start_server(folder: Path, work: Path) -> tuple[subprocess.Popen, str]:
+    """The zero-latency web: `demo.server` on 127.0.0.1 in a process of its own."""
     url_file = work / "server_url"
     url_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
@@ -69,135 +73,154 @@ def timed(command: list[str], **kwargs) -> float:
     return time.perf_counter() - start
 
 
-def run_img2dataset(
-    binary: str, urls: Path, out: Path, processes: int, threads: int
-) -> tuple[float, int]:
-    seconds = timed(
-        [
-            binary,
-            "--url_list",
-            str(urls),
-            "--input_format",
-            "parquet",
-            "--url_col",
-            "url",
-            "--caption_col",
-            "caption",
-            "--output_format",
-            "webdataset",
-            "--output_folder",
-            str(out),
-            "--image_size",
-            "256",
-            "--resize_mode",
-            "center_crop",
-            "--processes_count",
-            str(processes),
-            "--thread_count",
-            str(threads),
-            "--number_sample_per_shard",
-            "10000",
-            "--enable_wandb",
-            "False",
-        ]
-    )
-    ok = 0
-    for stats in out.glob("*_stats.json"):
-        ok += json.loads(stats.read_text()).get("successes", 0)
-    return seconds, ok
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants (with the children they reaped), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        total += times.get(current, 0.0)
+        stack += children.get(current, [])
+    return total
 
 
-def run_openwit(urls: Path, out: Path, extra: list[str]) -> tuple[float, int]:
-    seconds = timed(
-        [
-            sys.executable,
-            str(ROOT / "beam_runner.py"),
-            "--input",
-            str(urls),
-            "--output",
-            str(out),
-            "--image-size",
-            "256",
-            "--resize-mode",
-            "center_crop",
-            "--samples-per-shard",
-            "10000",
-            "--allowed-networks",
-            "127.0.0.0/8",
-            *extra,
-        ],
-        cwd=ROOT,
-    )
-    return seconds, json.loads((out / "stats.json").read_text())["status_counts"].get("ok", 0)
-
-
-def profile(base_url: str, names: list[str], threads: int) -> dict:
-    """Where the per-image time goes: fetch (threaded, wall) and decode+resize+encode (CPU)."""
-    fetcher = Fetcher(FetchPolicy(allowed_networks=("127.0.0.0/8",), per_host_connections=threads))
+def timed_with_cpu(command: list[str], **kwargs) -> tuple[float, float, float]:
+    """Run `command`; (wall s, its tree's CPU s, median of 1 s samples of CPU s / s / cores)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        bodies = list(pool.map(lambda n: fetcher.fetch(f"{base_url}/img/{n}"), names))
-    fetch_s = time.perf_counter() - start
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    samples: list[float] = []
+    tree = [0.0]  # the tree's CPU at the last sample: it counts a grandchild nobody waited for
+
+    def sample() -> None:
+        while proc.poll() is None:
+            time.sleep(1.0)
+            now = _tree_cpu(proc.pid)
+            if now:
+                samples.append((now - tree[0]) / CORES)
+                tree[0] = now
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    if proc.wait() != 0:
+        raise subprocess.CalledProcessError(proc.returncode, command)
+    wall = time.perf_counter() - start
+    sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = max((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), tree[0])
+    median = statistics.median(samples[1:-1]) if len(samples) > 2 else 0.0
+    return wall, cpu, median
+
+
+def run_img2dataset(binary: str, urls: Path, out: Path, rows: int) -> tuple[float, int, float]:
+    per_shard = math.ceil(rows / CORES)  # one shard per process: every process busy, one tail
+    seconds, cpu, _ = timed_with_cpu(
+        [binary, "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
+         "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", str(out),
+         "--image_size", "256", "--resize_mode", "center_crop", "--processes_count", str(CORES),
+         "--number_sample_per_shard", str(per_shard), "--enable_wandb", "False"]
+    )  # fmt: skip
+    ok = sum(json.loads(s.read_text()).get("successes", 0) for s in out.glob("*_stats.json"))
+    return seconds, ok, cpu
+
+
+def run_openwit(urls: Path, out: Path) -> tuple[float, int, float, float]:
+    """(wall s, ok rows, CPU s of the process tree, median CPU utilisation of 1 s samples)."""
+    command = [sys.executable, str(ROOT / "beam_runner.py"), "--input", str(urls), "--output",
+               str(out), "--image-size", "256", "--resize-mode", "center_crop",
+               "--allowed-networks", "127.0.0.0/8"]  # fmt: skip
+    seconds, cpu, util_median = timed_with_cpu(command, cwd=ROOT)
+    ok = json.loads((out / "stats.json").read_text())["status_counts"].get("ok", 0)
+    return seconds, ok, cpu, util_median
+
+
+_DECODE_COST = """
+import io, sys, time
+from img2dataset.resizer import Resizer
+resize = Resizer(256, "center_crop", False)
+start = time.process_time()
+for path in sys.argv[1:]:
+    resize(io.BytesIO(open(path, "rb").read()))
+print(1000 * (time.process_time() - start) / (len(sys.argv) - 1))
+"""
+
+
+def decode_cost(paths: list[Path], img2dataset: str) -> dict:
+    """CPU ms per picture to decode, resize to 256 center crop and encode: each tool's own code."""
     config = ImageConfig(256, "center_crop")
     start = time.process_time()
-    for body in bodies:
-        process_image(body, config)
-    process_s = time.process_time() - start
-    return {
-        "profile_images": len(names),
-        "fetch_images_per_s_threaded": round(len(names) / fetch_s, 1),
-        "decode_resize_encode_ms_per_image_cpu": round(1000 * process_s / len(names), 2),
-    }
+    for path in paths:
+        process_image(path.read_bytes(), config)
+    ours = 1000 * (time.process_time() - start) / len(paths)
+    python = str(Path(img2dataset).parent / "python")
+    theirs = subprocess.run([python, "-c", _DECODE_COST, *map(str, paths)], check=True,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    return {"decode_ms_openwit": round(ours, 2), "decode_ms_img2dataset": round(float(theirs), 2)}
+
+
+def compare(name: str, urls: list[str], work: Path, img2dataset: str) -> dict:
+    """Crawl `urls` with both tools; the web's JSON result."""
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    url_file = folder / "urls.parquet"
+    rows = [{"url": url, "caption": f"picture {i}"} for i, url in enumerate(urls)]
+    pq.write_table(pa.Table.from_pylist(rows), url_file)
+    result: dict = {"web": name, "urls": len(urls), "cores": CORES}
+    result["load_before"] = round(os.getloadavg()[0], 2)
+    subprocess.run(["rm", "-rf", str(folder / "img2dataset"), str(folder / "openwit")], check=True)
+    seconds, ok, cpu = run_img2dataset(img2dataset, url_file, folder / "img2dataset", len(urls))
+    result.update(img2dataset_seconds=round(seconds, 2), img2dataset_ok=ok,
+                  img2dataset_pairs_per_s=round(len(urls) / seconds, 1),
+                  img2dataset_cpu_ms_per_url=round(1000 * cpu / len(urls), 1))  # fmt: skip
+    seconds, ok, cpu, util_median = run_openwit(url_file, folder / "openwit")
+    result.update(openwit_seconds=round(seconds, 2), openwit_ok=ok,
+                  openwit_pairs_per_s=round(len(urls) / seconds, 1),
+                  openwit_cpu_ms_per_url=round(1000 * cpu / len(urls), 1),
+                  openwit_cpu_util=round(cpu / seconds / CORES, 3),
+                  openwit_cpu_util_median=round(util_median, 3))  # fmt: skip
+    result["ratio_vs_img2dataset"] = round(
+        result["openwit_pairs_per_s"] / result["img2dataset_pairs_per_s"], 3
+    )
+    result["load_after"] = round(os.getloadavg()[0], 2)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--webs", default="latency,zero")
+    parser.add_argument("--hosts", type=int, default=latency_web.WebProfile.hosts)
+    parser.add_argument("--stalled", type=int, default=latency_web.WebProfile.stalled)
     parser.add_argument("--img2dataset", default=str(ROOT / ".venv-bench/bin/img2dataset"))
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "crawl"))
     args = parser.parse_args()
     work = Path(args.work)
-    paths = make_corpus(work.parent / f"corpus-{args.images}", args.images)
-    server, base_url = start_server(paths[0].parent, work.parent)
-    try:
-        urls = work / "urls.parquet"
-        urls.parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"url": f"{base_url}/img/{p.name}", "caption": p.stem} for p in paths]
-        pq.write_table(pa.Table.from_pylist(rows), urls)
-        results: dict = {"images": len(rows), "cores": os.cpu_count()}
-        # openwit keeps its polite default of 2 connections per host although the whole corpus
-        # is one host here; img2dataset has no per-host cap.
-        runs = {
-            "img2dataset": lambda out: run_img2dataset(
-                args.img2dataset, urls, out, args.processes, args.threads
-            ),
-            "openwit": lambda out: run_openwit(urls, out, ["--threads", str(args.threads)]),
-            "openwit_2proc": lambda out: run_openwit(
-                urls,
-                out,
-                [
-                    "--threads",
-                    str(args.threads),
-                    f"--direct_num_workers={args.processes}",
-                    "--direct_running_mode=multi_processing",
-                ],
-            ),
-        }
-        for name, runner in runs.items():
-            out = work / name
-            subprocess.run(["rm", "-rf", str(out)], check=True)
-            seconds, ok = runner(out)
-            results[f"{name}_seconds"] = round(seconds, 2)
-            results[f"{name}_ok"] = ok
-            results[f"{name}_pairs_per_s"] = round(len(rows) / seconds, 1)
-        best = max(results["openwit_pairs_per_s"], results["openwit_2proc_pairs_per_s"])
-        results["ratio_vs_img2dataset"] = round(best / results["img2dataset_pairs_per_s"], 3)
-        results.update(profile(base_url, [p.name for p in paths[:300]], args.threads))
-    finally:
-        server.kill()
-    print(json.dumps(results))
+    paths = make_corpus(work.parent / f"photos-{args.images}", args.images)
+    names = [p.name for p in paths]
+    print(json.dumps({"profile": len(paths[:300]), **decode_cost(paths[:300], args.img2dataset)}))
+    for web in args.webs.split(","):
+        if web == "latency":
+            profile = latency_web.WebProfile(hosts=args.hosts, stalled=args.stalled)
+            server, started = latency_web.start(paths[0].parent, profile, work)
+            urls = started.urls(names)
+        else:
+            server, base_url = start_server(paths[0].parent, work)
+            urls = [f"{base_url}/img/{n}" for n in names]
+        try:
+            print(json.dumps(compare(web, urls, work, args.img2dataset)), flush=True)
+        finally:
+            server.kill()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """A loopback HTTP server for corpora and for the faults a crawler must survive.
 
 Used by the demo (the embedded default corpus), the tests and the benchmarks. It listens on
-127.0.0.1 at a free port, serves images from memory and, on the routes below, misbehaves on
-purpose. Nothing here ever contacts another host: redirects to private addresses are only
+127.0.0.1 (or another loopback address, one per host) at a free port, serves images from
+memory and, on the routes below, misbehaves on purpose; `StalledServer` accepts and never
+answers. Nothing here ever contacts another host: redirects to private addresses are only
 *announced* in a Location header, and the crawler must refuse them before connecting.
 
 Routes (NAME is an image's name, N a count, ID any token naming a retry counter):
@@ -40,17 +41,24 @@ from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
 DEFAULT_ROBOTS_TXT = "User-agent: *\nDisallow: /private/\n"
-_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+_TYPES = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+}
 
 
 class CorpusServer:
-    """Serve `images` (name -> bytes) on 127.0.0.1; use as a context manager."""
+    """Serve `images` (name -> bytes) on `host` (any loopback address); a context manager."""
 
     def __init__(
         self,
         images: dict[str, bytes] | None = None,
         robots_txt: str | None = DEFAULT_ROBOTS_TXT,
         robots_delay: float = 0.0,
+        host: str = "127.0.0.1",
     ):
         self.images: dict[str, bytes] = dict(images or {})
         self.robots_txt, self.robots_delay = robots_txt, robots_delay
@@ -59,7 +67,7 @@ class CorpusServer:
         self.peak: Counter = Counter()
         self.starts: dict[str, list[float]] = {}
         self._lock = threading.Lock()
-        self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _QuietServer((host, 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -105,6 +113,40 @@ class CorpusServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class StalledServer:
+    """A server that accepts connections on `host` and never answers; a context manager."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self._socket = socket.create_server((host, 0), backlog=256)
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed by stop()
+                return
+            self._connections.append(connection)  # held open, never read, never answered
+
+    def __enter__(self) -> StalledServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._socket.close()
+        for connection in self._connections:
+            connection.close()
 
 
 class _QuietServer(ThreadingHTTPServer):

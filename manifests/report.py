@@ -3,7 +3,7 @@
     python -m manifests.report OUTPUT [--train TRAIN_DIR] [--html OUTPUT/report.html]
 
 Sections: the funnel (rows left after each stage and why the others went), status counts,
-caption length and language histograms, the per-query counts before and after balancing, a
+the crawl per host (success rate and error kinds of the top hosts by rows), caption length and language histograms, the per-query counts before and after balancing, a
 grid of kept samples, near-duplicate groups side by side, the training curves and the final
 metrics. Plots are PNGs next to the page (matplotlib); images are embedded, so the page opens
 from disk with no server. Every number comes from `stats.json`, the manifest and the shards.
@@ -75,6 +75,27 @@ def funnel(stats: dict) -> list[dict]:
                      "meaning": meaning})  # fmt: skip
         left -= dropped
     return rows
+
+
+def host_rows(stats: dict) -> list[dict]:
+    """The crawl's top hosts by rows: rows, ok, success rate and their three commonest errors."""
+    crawl = stats.get("crawl") or {}
+    rows = []
+    for host in crawl.get("top_hosts", []):
+        errors = ", ".join(f"{kind} {count:,}" for kind, count in list(host["errors"].items())[:3])
+        rows.append({"host": host["host"], "rows": host["rows"], "ok": host["ok"],
+                     "success": f"{host['success_rate']:.1%}", "errors": errors or "-"})  # fmt: skip
+    return rows
+
+
+def _hosts_section(stats: dict) -> str:
+    crawl = stats.get("crawl")
+    if not crawl:
+        return "<p>No per-host crawl stats in this output.</p>"
+    shown = len(crawl["top_hosts"])
+    intro = (f"<p>{crawl['rows']:,} rows downloaded from {crawl['hosts']:,} hosts; "
+             f"the top {shown} by rows:</p>")  # fmt: skip
+    return intro + _table(host_rows(stats))
 
 
 def _manifest(output: Path) -> list[dict]:
@@ -224,6 +245,7 @@ def build_report(output: Path, train: Path | None = None, html_path: Path | None
         f"({kept / max(stats['input_rows'], 1):.1%}) in {len(stats.get('shards', []))} shards.</p>",
         "<h2>Funnel</h2>" + '<img src="report_files/funnel.png">' + _table(funnel(stats)),
         "<h2>Status counts</h2>" + _table(status_rows),
+        "<h2>Crawl per host</h2>" + _hosts_section(stats),
         "<h2>Captions</h2>" + '<img src="report_files/caption_lengths.png">'
         + '<img src="report_files/languages.png">',
         "<h2>Query balancing</h2>"

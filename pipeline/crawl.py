@@ -1,31 +1,43 @@
-"""Crawl stage: download, verify and resize each pair's image, many downloads at once.
+"""Crawl stage: download, verify and resize each pair's image, hundreds of downloads at once.
 
-`crawl_pair` is the per-element logic (never raises; every failure is a status). The DoFn fans
-batches out over a thread pool: downloads are I/O-bound and Pillow releases the GIL while
-decoding and resizing, so threads keep both cores busy. Finished batches are saved to the
-crawl cache (`crawl_cache`), so a killed run resumes where it stopped.
+`crawl_pair` is the per-element logic (fetch, then `decode.finish_pair`; never raises: every
+failure is a status). The DoFn keeps the network and the CPU apart. `downloads.Downloads` keeps up to
+`threads` requests in flight on I/O threads behind host-keyed queues (polite per host, retries
+waiting off the pool); each body that arrives goes to a pool of decode processes, one per core,
+so decoding and resizing use every core despite the GIL, never wait behind a slow server and
+are fed while downloads are pending. Batches complete in any order, and new ones are admitted
+while the queues run low, so one batch's slow tail never idles the pool. Finished batches are
+saved to the crawl cache (`crawl_cache`), so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+import threading
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from filters.image_size import NAME as SIZE_FILTER
-from filters.image_size import ImageSizeConfig, check_image_size
-from manifests.schema import Pair, error, filtered
+from filters.image_size import ImageSizeConfig
+from manifests.schema import Pair, error
+from pipeline import progress
 from pipeline.crawl_cache import CrawlCache, merge_cached
+from pipeline.decode import CORES, decode_pool, finish_pair
+from pipeline.downloads import Download, Downloads
 from pipeline.fetch import Fetcher, FetchError, FetchPolicy
-from pipeline.imaging import ImageConfig, ImageError, finish_image, open_image, oriented_size
+from pipeline.host_stats import HostStats
+from pipeline.imaging import ImageConfig
 from pipeline.netguard import UrlRefused, split_url
 
 log = logging.getLogger(__name__)
+
+
+def default_threads(cores: int = CORES) -> int:
+    """Downloads in flight per worker process: 128 a core covers ~1 s latencies at the rate the
+    cores decode; past 1,024 threads switching costs more than the latency it hides."""
+    return min(1024, 128 * cores)
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,8 @@ class CrawlConfig:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     image: ImageConfig = field(default_factory=ImageConfig)
     size_filter: ImageSizeConfig = field(default_factory=ImageSizeConfig)
-    threads: int = 32
+    threads: int = 0  # downloads in flight per worker; 0: `default_threads()`
+    decode_processes: int = 0  # 0: one per core; -1: decode on threads in the worker itself
     batch_rows: int = 1000
     cache_folder: str | None = None  # where finished batches are saved for resuming
 
@@ -55,28 +68,16 @@ def crawl_pair(pair: Pair, fetcher: Fetcher, config: CrawlConfig) -> Pair:
         return pair
     try:
         body = fetcher.fetch(pair.url)
-        image = open_image(body, config.image.max_pixels, config.image.formats)
-        width, height = oriented_size(image)
-        reason = check_image_size(width, height, config.size_filter)
-        if reason:
-            return replace(pair, original_width=width, original_height=height).with_status(
-                filtered(SIZE_FILTER, reason), f"{width}x{height}"
-            )
-        out = finish_image(image, config.image)
-    except (FetchError, UrlRefused, ImageError) as exc:
+    except (FetchError, UrlRefused) as exc:
         return pair.with_status(error(exc.kind), str(exc))
     except Exception as exc:  # a bug or an exotic failure must cost one row, not the run
-        log.exception("unexpected failure crawling %s", pair.url)
+        log.exception("unexpected failure fetching %s", pair.url)
         return pair.with_status(error("internal"), f"{type(exc).__name__}: {exc}")
-    return replace(
-        pair,
-        image=out.jpeg,
-        width=out.width,
-        height=out.height,
-        original_width=out.original_width,
-        original_height=out.original_height,
-        sha256=out.sha256,
-    )
+    return finish_pair(pair, body, config.image, config.size_filter)
+
+
+def failed_pair(pair: Pair, download: Download) -> Pair:
+    return pair.with_status(error(download.error.kind), str(download.error))
 
 
 def batch_of(key: str, batch_rows: int) -> str:
@@ -84,23 +85,36 @@ def batch_of(key: str, batch_rows: int) -> str:
     return f"{key[:5]}-{int(key[5:]) // batch_rows:08d}"
 
 
-class _CrawlBatchesFn(beam.DoFn):
-    """Crawl batches on a shared thread pool, a few batches in flight so one batch's slow tail
-    overlaps the next batch's downloads; each finished batch is saved to the crawl cache."""
+class _Batch:
+    def __init__(self, batch_id: str, pairs: list[Pair]):
+        self.id, self.pairs = batch_id, pairs
+        self.results: list[Pair | None] = [None] * len(pairs)
+        self.remaining = len(pairs)
 
-    def __init__(self, config: CrawlConfig, batches_in_flight: int = 3):
+
+class _CrawlBatchesFn(beam.DoFn):
+    """Crawl batches: all their rows go to the host queues at once, bodies to the decode pool;
+    batches are emitted as they complete, in any order, and new ones are admitted while fewer
+    than a batch plus two rows per download thread are unfinished (at most `max_batches`), so
+    the host queues always hold work for every thread while a batch waits on its tail."""
+
+    def __init__(self, config: CrawlConfig, max_batches: int = 8):
         self._config = config
-        self._batches_in_flight = batches_in_flight
+        self._max_batches = max_batches
 
     def setup(self) -> None:
+        threads = self._config.threads or default_threads()
+        self._decoder = decode_pool(self._config.decode_processes)
+        self._decode_slots = threading.Semaphore(4 * CORES + 8)  # bodies waiting for a decoder
+        self._row_limit = 2 * threads + self._config.batch_rows
         self._fetcher = Fetcher(self._config.fetch)
-        self._pool = ThreadPoolExecutor(self._config.threads, thread_name_prefix="crawl")
         self._cache = CrawlCache(self._config.cache_folder) if self._config.cache_folder else None
         self._statuses: dict[str, object] = {}
         self._resumed = Metrics.counter("crawl", "batches_resumed")
-
-    def start_bundle(self) -> None:
-        self._pending: deque[tuple[str, list[Future]]] = deque()
+        self._cond = threading.Condition()
+        self._finished: list[_Batch] = []
+        self._batches = self._rows = 0  # in flight
+        self._downloads = Downloads(self._fetcher, threads, self._downloaded)
 
     def process(self, element):
         batch_id, pairs = element
@@ -108,26 +122,85 @@ class _CrawlBatchesFn(beam.DoFn):
         cached = merge_cached(pairs, self._cache.load(batch_id)) if self._cache else None
         if cached is not None:
             self._resumed.inc()
+            for pair in cached:
+                progress.done(pair.status)
             yield from cached
             return
-        futures = [self._pool.submit(crawl_pair, p, self._fetcher, self._config) for p in pairs]
-        self._pending.append((batch_id, futures))
-        while len(self._pending) >= self._batches_in_flight:
-            yield from self._complete(*self._pending.popleft())
+        batch = _Batch(batch_id, pairs)
+        with self._cond:
+            self._batches += 1
+            self._rows += len(pairs)
+            if not pairs:
+                self._finished.append(batch)
+        for index, pair in enumerate(pairs):
+            self._downloads.submit(pair.url, (batch, index))
+        yield from self._collect(
+            lambda: self._batches >= self._max_batches or self._rows >= self._row_limit
+        )
 
     def finish_bundle(self):
-        while self._pending:
-            for pair in self._complete(*self._pending.popleft()):
-                yield GlobalWindows.windowed_value(pair)
+        for pair in self._collect(lambda: self._batches > 0):
+            yield GlobalWindows.windowed_value(pair)
 
     def teardown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._downloads.close()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
         self._fetcher.close()
 
-    def _complete(self, batch_id: str, futures: list[Future]) -> list[Pair]:
-        results = [future.result() for future in futures]
+    def _collect(self, busy):
+        """The pairs of finished batches; waits for one while `busy()` says there is no room."""
+        while True:
+            with self._cond:
+                while not self._finished and busy():
+                    self._cond.wait()
+                if not self._finished:
+                    return
+                batch = self._finished.pop(0)
+                self._batches -= 1
+            yield from self._complete(batch)
+
+    def _downloaded(self, download: Download) -> None:
+        """On an I/O thread: a failure is the row's result; a body goes to the decode pool."""
+        batch, index = download.tag
+        pair = batch.pairs[index]
+        if download.error is not None:
+            self._row_done(batch, index, failed_pair(pair, download))
+            return
+        self._decode_slots.acquire()  # backpressure: a thread waits here only when CPU-bound
+        try:
+            config = self._config
+            future = self._decoder.submit(
+                finish_pair, pair, download.body, config.image, config.size_filter
+            )
+        except RuntimeError as exc:  # the pool is shutting down
+            self._decode_slots.release()
+            self._row_done(batch, index, pair.with_status(error("internal"), str(exc)))
+            return
+        future.add_done_callback(lambda f: self._decoded(f, batch, index))
+
+    def _decoded(self, future, batch: _Batch, index: int) -> None:
+        self._decode_slots.release()
+        try:
+            result = future.result()
+        except Exception as exc:  # a decoder process died (a crash in a codec, out of memory)
+            log.error("decoding %s failed: %r", batch.pairs[index].url, exc)
+            result = batch.pairs[index].with_status(error("internal"), f"decoder: {exc!r}")
+        self._row_done(batch, index, result)
+
+    def _row_done(self, batch: _Batch, index: int, result: Pair) -> None:
+        progress.done(result.status)
+        with self._cond:
+            batch.results[index] = result
+            batch.remaining -= 1
+            self._rows -= 1
+            if batch.remaining == 0:
+                self._finished.append(batch)
+            self._cond.notify_all()
+
+    def _complete(self, batch: _Batch) -> list[Pair]:
+        results = batch.results
         if self._cache:
-            self._cache.save(batch_id, results)
+            self._cache.save(batch.id, results)
         for pair in results:
             counter = self._statuses.get(pair.status)
             if counter is None:
@@ -137,7 +210,8 @@ class _CrawlBatchesFn(beam.DoFn):
 
 
 class Crawl(beam.PTransform):
-    """Pairs in, the same pairs out: kept ones with their JPEG, the rest with a status.
+    """Pairs in, {"pairs": the same pairs, "stats": per-host crawl outcomes} out. Kept pairs come
+    back with their JPEG, the rest with a status.
 
     Kept pairs are grouped into batches of input rows (which also spreads them over workers);
     pairs already dropped pass around the crawl untouched.
@@ -149,7 +223,7 @@ class Crawl(beam.PTransform):
 
     def expand(self, pairs):
         batch_rows = self._config.batch_rows
-        checked = pairs | "CheckUrls" >> beam.Map(check_url)
+        checked = pairs | "CheckUrls" >> beam.Map(_checked)
         dropped = checked | "Dropped" >> beam.Filter(lambda p: not p.is_ok)
         crawled = (
             checked
@@ -158,4 +232,16 @@ class Crawl(beam.PTransform):
             | "GroupBatches" >> beam.GroupByKey()
             | "Download" >> beam.ParDo(_CrawlBatchesFn(self._config))
         )
-        return (crawled, dropped) | "Merge" >> beam.Flatten()
+        return {
+            "pairs": (crawled, dropped) | "Merge" >> beam.Flatten(),
+            "stats": crawled | "HostStats" >> HostStats(),
+        }
+
+
+def _checked(pair: Pair) -> Pair:
+    """`check_url`, counting the row on the progress bar (done at once when it is dropped)."""
+    progress.seen()
+    pair = check_url(pair)
+    if not pair.is_ok:
+        progress.done(pair.status)
+    return pair

@@ -75,13 +75,17 @@ class FetchPolicy:
     respect_robots_txt: bool = True
     robots_timeout: float = 5.0
     per_host_delay: float = 0.0
+    host_failures: int = 3  # connection failures in a row that give a host up (0: never)
     allowed_networks: tuple[str, ...] = ()
 
 
-class _Retryable(Exception):
-    def __init__(self, kind: str, message: str, wait: float | None = None):
+class Retryable(Exception):
+    """A failed attempt worth retrying (timeout, connection, 429, 5xx); `wait`: Retry-After.
+    `answered`: the server did respond (a status line arrived) before the attempt failed."""
+
+    def __init__(self, kind: str, message: str, wait: float | None = None, answered: bool = False):
         super().__init__(message)
-        self.kind, self.wait = kind, wait
+        self.kind, self.wait, self.answered = kind, wait, answered
 
 
 class Fetcher:
@@ -107,15 +111,28 @@ class Fetcher:
         deadline = time.monotonic() + self.policy.deadline
         attempt = 0
         while True:
+            attempt += 1
             try:
-                return self._follow_redirects(url, deadline)
-            except _Retryable as exc:
-                attempt += 1
-                wait = exc.wait if exc.wait is not None else self._backoff(attempt)
-                if attempt > self.policy.retries or time.monotonic() + wait >= deadline:
+                return self.attempt(url, deadline)
+            except Retryable as exc:
+                wait = self.retry_wait(exc, attempt, deadline)
+                if wait is None:
                     raise FetchError(exc.kind, str(exc)) from None
                 log.debug("retrying %s in %.2fs after %s", url, wait, exc)
                 time.sleep(wait)
+
+    def attempt(self, url: str, deadline: float) -> bytes:
+        """One attempt at `url` (redirects followed) by the monotonic `deadline`; Retryable when
+        another attempt may succeed. Callers that schedule their own retries use this."""
+        return self._follow_redirects(url, deadline)
+
+    def retry_wait(self, exc: Retryable, attempt: int, deadline: float) -> float | None:
+        """Seconds to wait before retrying after failed attempt number `attempt`, or None when
+        the retries are spent or the wait would pass the deadline."""
+        wait = exc.wait if exc.wait is not None else self._backoff(attempt)
+        if attempt > self.policy.retries or time.monotonic() + wait >= deadline:
+            return None
+        return wait
 
     def close(self) -> None:
         self._pools.clear()
@@ -128,7 +145,7 @@ class Fetcher:
         deadline = time.monotonic() + self.policy.robots_timeout
         try:
             body = self._follow_redirects(url, deadline, robots_file=True)
-        except (FetchError, UrlRefused, _Retryable):
+        except (FetchError, UrlRefused, Retryable):
             return None
         return body.decode("utf-8", "replace")
 
@@ -200,17 +217,17 @@ class Fetcher:
                 pool_timeout=max(remaining, 0.001),
             )
         except NewConnectionError as exc:  # urllib3 files it under timeouts; it is a refusal
-            raise _Retryable("connection", f"connection failed: {_describe(exc)}") from None
+            raise Retryable("connection", f"connection failed: {_describe(exc)}") from None
         except (ReadTimeoutError, Urllib3Timeout):
-            raise _Retryable("timeout", f"no response within {self.policy.timeout:g}s") from None
+            raise Retryable("timeout", f"no response within {self.policy.timeout:g}s") from None
         except (ProtocolError, MaxRetryError, Urllib3Error, OSError) as exc:
-            raise _Retryable("connection", f"connection failed: {_describe(exc)}") from None
+            raise Retryable("connection", f"connection failed: {_describe(exc)}") from None
 
     def _check_response(self, response: urllib3.BaseHTTPResponse) -> None:
         status = response.status
         if status == 429 or status >= 500:
             wait = _retry_after(response.headers.get("Retry-After"), self.policy.max_retry_after)
-            raise _Retryable(f"http_{status}", f"HTTP {status}", wait)
+            raise Retryable(f"http_{status}", f"HTTP {status}", wait, answered=True)
         if status != 200:
             raise FetchError(f"http_{status}", f"HTTP {status}")
         if self.policy.honor_opt_out:
@@ -240,10 +257,11 @@ class Fetcher:
                     raise FetchError("timeout", "deadline exceeded while reading the body")
                 chunks.append(chunk)
         except (ReadTimeoutError, Urllib3Timeout):
-            raise _Retryable("timeout", f"body stalled for {self.policy.timeout:g}s") from None
+            message = f"body stalled for {self.policy.timeout:g}s"
+            raise Retryable("timeout", message, answered=True) from None
         except ProtocolError as exc:
             kind = "truncated" if "IncompleteRead" in repr(exc) else "connection"
-            raise _Retryable(kind, f"body broken: {_describe(exc)}") from None
+            raise Retryable(kind, f"body broken: {_describe(exc)}", answered=True) from None
         return b"".join(chunks)
 
 
@@ -301,4 +319,11 @@ def _retry_after(value: str | None, cap: float) -> float | None:
     return min(max(when - time.time(), 0.0), cap)
 
 
-__all__ = ["FetchError", "FetchPolicy", "Fetcher", "UrlRefused", "opt_out_directives"]
+__all__ = [
+    "FetchError",
+    "FetchPolicy",
+    "Fetcher",
+    "Retryable",
+    "UrlRefused",
+    "opt_out_directives",
+]

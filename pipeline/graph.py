@@ -68,7 +68,8 @@ def run_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
     """Everything that determines the outputs (not how fast they are made), the inputs' sizes
     and modification times included: rows appended to a finished input make a new run."""
     settings = dataclasses.asdict(config)
-    settings["crawl"].pop("threads")
+    for speed_only in ("threads", "decode_processes"):
+        settings["crawl"].pop(speed_only)
     return fingerprint({"inputs": file_versions(paths), **settings})
 
 
@@ -77,7 +78,8 @@ def crawl_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
     versions, the crawl settings and the text stages before it, which decide which pairs are
     downloaded at all."""
     crawl = dataclasses.asdict(config.crawl)
-    crawl.pop("threads")
+    for speed_only in ("threads", "decode_processes"):
+        crawl.pop(speed_only)
     text = [dataclasses.asdict(step) for step in (config.filters or FiltersConfig()).text]
     url_dedup = config.dedup.scope if config.dedup and config.dedup.exact else None
     balance = dataclasses.asdict(config.balance) if config.balance else None
@@ -218,7 +220,7 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
     if balancer:
         pairs = balancer.before_download(pairs, stages)
     crawl = dataclasses.replace(config.crawl, cache_folder=cache.folder)
-    pairs = pairs | "Crawl" >> Crawl(crawl)
+    pairs = stages.apply(pairs, "Crawl", Crawl(crawl), "crawl")
     if filters.image:
         pairs = stages.apply(pairs, "ImageFilters", ApplyFilters(filters.image), "filters_image")
     if dedup:

@@ -8,7 +8,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 
-class _CountFn(beam.CombineFn):
+class CountFn(beam.CombineFn):
     """Counts of string events; an empty input gives an empty dict (a singleton either way)."""
 
     def create_accumulator(self) -> Counter:
@@ -47,6 +47,6 @@ class CountEvents(beam.PTransform):
         return (
             events
             | "Metrics" >> beam.Map(_counted, self._namespace)
-            | "Count" >> beam.CombineGlobally(_CountFn())
+            | "Count" >> beam.CombineGlobally(CountFn())
             | "Fill" >> beam.Map(lambda counts: {n: counts.get(n, 0) for n in names})
         )

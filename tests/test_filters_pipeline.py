@@ -226,7 +226,7 @@ def test_image_filter_after_a_real_crawl(image_server):
     crawl = CrawlConfig(fetch=FetchPolicy(allowed_networks=(LOOPBACK,), retries=0), threads=4)
     _SINK.clear()
     with beam.Pipeline() as p:
-        crawled = p | beam.Create(pairs) | Crawl(crawl)
+        crawled = (p | beam.Create(pairs) | Crawl(crawl))["pairs"]
         result = crawled | ApplyFilters([step("image")])
         result["pairs"] | beam.Map(_collect, "pairs")
     out = _SINK["pairs"]
