@@ -4,7 +4,12 @@ and a list whose hosts all stall, end to end through `beam_runner`."""
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from conftest import LOOPBACK, write_list
 
@@ -14,6 +19,7 @@ from manifests.report import build_report, host_rows
 from pipeline import progress
 from pipeline.console import CrawlBar, summary_table
 
+ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--dedup", "none", "--allowed-networks", LOOPBACK, "--image-size", "32",
         "--timeout", "1", "--deadline", "4", "--robots-timeout", "0.5", "--batch-rows", "10"]  # fmt: skip
 
@@ -77,3 +83,27 @@ def test_a_list_whose_hosts_all_stall_ends_with_every_row_timed_out(tmp_path):
     # 3 tries of 1 s per row, 2 connections per host: 60 s one row after another; each host is
     # given up after three unanswered rows, so the run takes about two timeouts plus Beam's startup.
     assert seconds < 30
+
+
+def test_console_is_quiet_by_default_and_verbose_on_request(tmp_path, server, corpus):
+    rows = [{"url": server.url(f"img/{i.name}"), "caption": i.caption} for i in corpus[:3]]
+    path = write_list(tmp_path / "list.parquet", rows, "parquet")
+    command = [sys.executable, str(ROOT / "beam_runner.py"), "--input", str(path), "--output",
+               str(tmp_path / "out"), *ARGS]  # fmt: skip
+    quiet = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "INFO" not in quiet.stderr and "apache_beam" not in quiet.stderr, quiet.stderr[-2000:]
+    summary = {line.split()[0]: line.split()[1] for line in quiet.stdout.splitlines() if line}
+    assert summary["ok"] == "3" and summary["samples"] == "3" and summary["shards"] == "1"
+
+    beam_info = logging.LogRecord("apache_beam.typehints", logging.INFO,
+                                  f"{os.sep}apache_beam{os.sep}x.py", 1, "hint", None, None)  # fmt: skip
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        beam_runner.configure_logging(verbose=True)
+        assert all(h.filter(beam_info) for h in logging.getLogger().handlers)
+        beam_runner.configure_logging(verbose=False)
+        assert not any(h.filter(beam_info) for h in logging.getLogger().handlers)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
