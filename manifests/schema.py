@@ -10,8 +10,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from pipeline.hashing import ImageHashes
 
 OK = "ok"
 _URL_USERINFO = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@")  # a URL's own
@@ -65,17 +69,21 @@ class Pair:
     score: float | None = None  # image-caption cosine similarity (score filter)
     # Encoded JPEG of the resized image; carried between crawl and shard stages, never in the manifest.
     image: bytes | None = field(default=None, repr=False)
+    # The image dedup's hashes of it, made by the crawl while decoding; never in the manifest.
+    hashes: ImageHashes | None = field(default=None, repr=False)
 
     @property
     def is_ok(self) -> bool:
         return self.status == OK
 
     def with_status(self, status: str, message: str | None = None) -> Pair:
-        """The same pair, dropped with `status`; its image bytes are released. URLs quoted in
-        `message` (a redirect's target, say) lose their userinfo."""
+        """The same pair, dropped with `status`; its image bytes (and hashes) are released. URLs
+        quoted in `message` (a redirect's target, say) lose their userinfo."""
         if message is not None:
             message = scrub_userinfo(message)
-        return dataclasses.replace(self, status=status, error_message=message, image=None)
+        return dataclasses.replace(
+            self, status=status, error_message=message, image=None, hashes=None
+        )
 
     def sample_metadata(self) -> dict:
         """The `KEY.json` record of a shard sample: the manifest row, as img2dataset writes it."""

@@ -27,6 +27,7 @@ from pipeline.crawl_cache import CrawlCache, merge_cached
 from pipeline.decode import CORES, decode_pool, finish_pair
 from pipeline.downloads import Download, Downloads
 from pipeline.fetch import Fetcher, FetchError, FetchPolicy
+from pipeline.hashing import HashSpec
 from pipeline.host_stats import HostStats
 from pipeline.imaging import ImageConfig
 from pipeline.netguard import UrlRefused, split_url
@@ -49,6 +50,7 @@ class CrawlConfig:
     decode_processes: int = 0  # 0: one per core; -1: decode on threads in the worker itself
     batch_rows: int = 1000
     cache_folder: str | None = None  # where finished batches are saved for resuming
+    hashing: HashSpec | None = None  # the image dedup's hashes, made while decoding
 
 
 def check_url(pair: Pair) -> Pair:
@@ -73,7 +75,7 @@ def crawl_pair(pair: Pair, fetcher: Fetcher, config: CrawlConfig) -> Pair:
     except Exception as exc:  # a bug or an exotic failure must cost one row, not the run
         log.exception("unexpected failure fetching %s", pair.url)
         return pair.with_status(error("internal"), f"{type(exc).__name__}: {exc}")
-    return finish_pair(pair, body, config.image, config.size_filter)
+    return finish_pair(pair, body, config.image, config.size_filter, config.hashing)
 
 
 def failed_pair(pair: Pair, download: Download) -> Pair:
@@ -170,7 +172,7 @@ class _CrawlBatchesFn(beam.DoFn):
         try:
             config = self._config
             future = self._decoder.submit(
-                finish_pair, pair, download.body, config.image, config.size_filter
+                finish_pair, pair, download.body, config.image, config.size_filter, config.hashing
             )
         except RuntimeError as exc:  # the pool is shutting down
             self._decode_slots.release()

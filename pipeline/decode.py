@@ -13,9 +13,12 @@ import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 
+from PIL import Image
+
 from filters.image_size import NAME as SIZE_FILTER
 from filters.image_size import ImageSizeConfig, check_image_size
 from manifests.schema import Pair, error, filtered
+from pipeline.hashing import HashSpec, ImageHashes
 from pipeline.imaging import ImageConfig, ImageError, finish_image, open_image, oriented_size
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,15 @@ def decode_pool(processes: int) -> Executor:
     return ProcessPoolExecutor(processes or CORES, mp_context=context)
 
 
-def finish_pair(pair: Pair, body: bytes, image_config: ImageConfig, sizes: ImageSizeConfig) -> Pair:
-    """Decode, check and resize a downloaded body (the CPU half of `crawl_pair`; never raises)."""
+def finish_pair(
+    pair: Pair,
+    body: bytes,
+    image_config: ImageConfig,
+    sizes: ImageSizeConfig,
+    hashing: HashSpec | None = None,
+) -> Pair:
+    """Decode, check and resize a downloaded body, and hash the result for the dedup stage
+    when `hashing` says how (the CPU half of `crawl_pair`; never raises)."""
     try:
         image = open_image(body, image_config.max_pixels, image_config.formats)
         width, height = oriented_size(image)
@@ -58,4 +68,16 @@ def finish_pair(pair: Pair, body: bytes, image_config: ImageConfig, sizes: Image
         original_width=out.original_width,
         original_height=out.original_height,
         sha256=out.sha256,
+        hashes=_hashes(out.jpeg, hashing),
     )
+
+
+def _hashes(jpeg: bytes, hashing: HashSpec | None) -> ImageHashes | None:
+    """The dedup hashes of the shard's JPEG; None leaves them to the dedup stage, which then
+    reports an image it cannot read."""
+    if hashing is None:
+        return None
+    try:
+        return hashing.of(jpeg)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None

@@ -50,11 +50,11 @@ from pipeline.dedup_groups import (
 from pipeline.hashing import (
     HASH_BITS,
     HASH_FUNCTIONS,
+    HashSpec,
     ImageHashes,
     band_layout,
     caption_key,
     eval_paths,
-    hash_image,
     normalize_url,
     read_eval_images,
     to_hex,
@@ -99,15 +99,23 @@ class DedupConfig:
         if self.colour_distance is not None and self.colour_distance < 0:
             raise ValueError(f"colour distance must be >= 0, not {self.colour_distance}")
 
-    def hash_image(self, data: bytes, views: bool = True) -> ImageHashes:
-        """`hashing.hash_image` with this config's hash, views and colour signature."""
-        return hash_image(
-            data,
+    def hash_spec(self, views: bool = True) -> HashSpec:
+        """This config's hash, views (mirror, zooms) and colour signature."""
+        return HashSpec(
             self.hash_name,
             mirror=self.mirror and views,
             zoom=self.zoom if views else (),
             colour=self.colour_distance is not None,
         )
+
+    def hash_image(self, data: bytes, views: bool = True) -> ImageHashes:
+        """`hashing.hash_image` with this config's `hash_spec`."""
+        return self.hash_spec(views).of(data)
+
+    @property
+    def crawl_hashes(self) -> HashSpec:
+        """What the crawl should hash for this stage (views only when near-dups are sought)."""
+        return self.hash_spec(views=self.near)
 
     def text_key(self, caption: str) -> str:
         """What of the caption a duplicate must share: its `caption_key` in the pair scope."""
@@ -166,7 +174,7 @@ class _HashFn(beam.DoFn):
             yield pair
             return
         try:
-            hashes = self._config.hash_image(pair.image, views=self._config.near)
+            hashes = pair.hashes or self._config.hash_image(pair.image, views=self._config.near)
         except _UNREADABLE as exc:
             yield beam.pvalue.TaggedOutput(self.EVENTS, "unreadable")
             yield pair.with_status(error("decode"), f"dedup cannot decode image: {exc}")

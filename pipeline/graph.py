@@ -219,7 +219,8 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
     balancer = _Balancer(config.balance, staging) if config.balance else None
     if balancer:
         pairs = balancer.before_download(pairs, stages)
-    crawl = dataclasses.replace(config.crawl, cache_folder=cache.folder)
+    hashing = dedup.crawl_hashes if dedup else None  # results, not settings: not fingerprinted
+    crawl = dataclasses.replace(config.crawl, cache_folder=cache.folder, hashing=hashing)
     pairs = stages.apply(pairs, "Crawl", Crawl(crawl), "crawl")
     if filters.image:
         pairs = stages.apply(pairs, "ImageFilters", ApplyFilters(filters.image), "filters_image")

@@ -81,6 +81,21 @@ class ImageHashes:
     colour: bytes  # `colour_signature`, or b"" when not asked for
 
 
+@dataclass(frozen=True)
+class HashSpec:
+    """Which hashes the image dedup needs of an image. The crawl's decode processes compute
+    them beside the resize, on every core, and the pairs carry them to the dedup stage."""
+
+    hash_name: str = "phash"
+    mirror: bool = False
+    zoom: tuple[float, ...] = ()
+    colour: bool = False
+
+    def of(self, data: bytes) -> ImageHashes:
+        """`hash_image` of `data` with these settings."""
+        return hash_image(data, self.hash_name, self.mirror, self.zoom, self.colour)
+
+
 _NOT_WORD = re.compile(r"[\W_]+")
 
 

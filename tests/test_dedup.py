@@ -20,7 +20,9 @@ from PIL import Image, ImageDraw, ImageOps
 
 import beam_runner
 from demo.server import CorpusServer
+from filters.image_size import ImageSizeConfig
 from manifests.schema import Pair
+from pipeline.decode import finish_pair
 from pipeline.dedup import (
     DedupConfig,
     ImageDedup,
@@ -41,6 +43,7 @@ from pipeline.hashing import (
     normalize_url,
     to_hex,
 )
+from pipeline.imaging import ImageConfig
 
 
 def drawing(seed: int, size: int = 160) -> Image.Image:
@@ -517,3 +520,27 @@ def test_beam_runner_dedups_urls_and_images_into_the_manifest(tmp_path):
     assert all(len(manifest[name]["phash"]) == 16 for name in kept)
     assert stats["status_counts"] == {"ok": 6, DUP_EXACT: 2, DUP_NEAR: 1}
     assert stats["dedup_url"]["duplicates"] == 1 and stats["dedup_image"]["images"] == 8
+
+
+def test_the_stage_takes_the_crawls_hashes_instead_of_decoding_again(tmp_path):
+    """A pair the crawl hashed is grouped by those hashes: its bytes are not decoded again (here
+    they are unreadable on purpose, which the stage would otherwise report as error:decode)."""
+    config = DedupConfig()
+    original = encode(drawing(3), quality=95)
+    pairs = [
+        image_pair("a", original),
+        image_pair("b", b"unreadable", hashes=config.crawl_hashes.of(original)),
+        image_pair("c", b"unreadable"),
+    ]
+    out, stats = run_dedup(pairs, config, tmp_path)
+    assert out["b"][:2] == (DUP_EXACT, "a")
+    assert out["c"][0] == "error:decode" and stats["unreadable"] == 1
+
+
+def test_the_crawl_hashes_what_the_dedup_stage_would(corpus):
+    spec = DedupConfig().crawl_hashes
+    image = next(i for i in corpus if i.name.endswith(".jpg"))
+    pair = finish_pair(image_pair("k", None), image.data, ImageConfig(), ImageSizeConfig(), spec)
+    assert pair.is_ok and pair.hashes == spec.of(pair.image)
+    unhashed = finish_pair(image_pair("k", None), image.data, ImageConfig(), ImageSizeConfig())
+    assert unhashed.hashes is None and unhashed.image == pair.image
