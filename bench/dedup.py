@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import apache_beam as beam  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 
+from demo.photos import photo  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
 from pipeline.dedup import DedupConfig, ImageDedup  # noqa: E402
 from pipeline.dedup_groups import DUP_EXACT, DUP_NEAR  # noqa: E402
@@ -274,39 +275,26 @@ def emoji_tiles(limit: int) -> list[Image.Image]:
     return tiles
 
 
-def photo(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    """A photo-like picture: a smooth random colour field, a few shapes and sensor grain."""
-    field = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)).resize(
-        size, Image.BICUBIC
-    )
-    draw = ImageDraw.Draw(field)
-    for _ in range(int(rng.integers(3, 8))):
-        x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
-        w, h = (int(v) for v in rng.integers(20, size[0] // 2, 2))
-        draw.ellipse([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    grain = rng.normal(0, 6, (size[1], size[0], 3))
-    return Image.fromarray(np.clip(np.asarray(field, np.float32) + grain, 0, 255).astype(np.uint8))
-
-
 def heavy_corpus(folder: Path, pictures: int, copies: int, distinct: int, seed: int) -> dict:
     """Write the heavy-cluster corpus once; returns {file name: picture id} (`d...` distinct)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     truth = {}
     for p in range(pictures):
-        base = photo(rng, (400, 300))
+        base = photo(p, seed, min_side=300, max_side=500)
         for c in range(copies):
             name = f"h{p}-{c:05d}.jpg"
             truth[name] = f"h{p}"
             if not (folder / name).exists():
                 scale = float(rng.uniform(0.4, 1.6))
-                copy = base.resize((round(400 * scale), round(300 * scale)), Image.LANCZOS)
+                size = (round(base.width * scale), round(base.height * scale))
+                copy = base.resize(size, Image.LANCZOS)
                 (folder / name).write_bytes(jpeg(copy, int(rng.integers(30, 96))))
     for d in range(distinct):
         name = f"d{d:05d}.jpg"
         truth[name] = name
         if not (folder / name).exists():
-            (folder / name).write_bytes(jpeg(photo(rng, (400, 300)), 90))
+            (folder / name).write_bytes(jpeg(photo(pictures + d, seed, 300, 500), 90))
     return truth
 
 

@@ -3,10 +3,10 @@
     python bench/memory.py [--sizes 2000,20000,100000]
 
 A fast loopback web of distinct photo-like pictures: a server process draws `ceil(n / 48)`
-pictures once and serves URL i as picture i mod that count under one of 48 variants (the 8
-flips and rotations times 6 orders of the colour channels), re-encoded as JPEG per request, so
-every URL is its own picture for the dedup (flips move the perceptual hash, channel orders the
-colour signature) while the server holds a few MB. `beam_runner.py` crawls each list with its
+pictures (`demo.photos`, 360-480 px) once and serves URL i as picture i mod that count under
+one of 48 variants (the 8 flips and rotations times 6 orders of the colour channels),
+re-encoded as JPEG per request, so every URL is its own picture for the dedup (flips move the
+perceptual hash, channel orders the colour signature) while the server holds a few MB. `beam_runner.py` crawls each list with its
 defaults (dedup on) in a fresh process; its tree's RSS (it and every child, from /proc) is
 sampled every 0.2 s. Prints one JSON line: per size the peak, the time and the ok count, and the
 peak of the largest list over that of the smallest.
@@ -24,30 +24,18 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from demo.photos import photo  # noqa: E402
+
 VARIANTS = 48  # 8 dihedral transforms x 6 channel orders
 _TRANSPOSES = (None, *Image.Transpose)  # the identity and Pillow's 7 flips and rotations
 _ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-
-
-def picture(index: int) -> Image.Image:
-    """A photo-like 480x360 picture: a smooth colour field, shapes, blur and grain."""
-    rng = np.random.default_rng(index)
-    cells = rng.integers(0, 256, (int(rng.integers(3, 8)), int(rng.integers(3, 8)), 3))
-    image = Image.fromarray(cells.astype(np.uint8)).resize((480, 360), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(2, 7))):
-        x, y = sorted(rng.integers(0, 480, 2)), sorted(rng.integers(0, 360, 2))
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.ellipse((int(x[0]), int(y[0]), int(x[1]), int(y[1])), fill=fill)
-    image = image.filter(ImageFilter.GaussianBlur(1.0))
-    grain = rng.normal(0, 5, (360, 480, 1))
-    return Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8))
 
 
 def variant(base: Image.Image, number: int) -> bytes:
@@ -61,7 +49,7 @@ def variant(base: Image.Image, number: int) -> bytes:
 
 def serve(count: int, port_file: Path) -> None:
     """Serve /img/I.jpg for I < count until killed (run in its own process)."""
-    bases = [picture(i) for i in range(math.ceil(count / VARIANTS))]
+    bases = [photo(i, min_side=360, max_side=480) for i in range(math.ceil(count / VARIANTS))]
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
