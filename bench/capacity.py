@@ -7,7 +7,10 @@ benchmarks (named next to each option); the fractions describe a LAION-like list
 assumptions to replace with your own pool's (the demo's stats.json shows them for a run).
 Prices are Dataflow's batch prices as Apache Beam's own cost benchmark uses them
 (apache_beam/testing/load_tests/dataflow_cost_consts.py): $0.056 per vCPU-hour, $0.003557 per
-GB-hour of memory, $0.000054 per GB-hour of standard disk, $0.011 per GB shuffled.
+GB-hour of memory, $0.000054 per GB-hour of standard disk, $0.011 per GB shuffled; Cloud
+Storage's operation prices for the image store. The shuffle is measured, not assumed: images
+travel by reference (`pipeline.image_store`), and `bench/memory.py` reports the bytes that
+crossed every GroupByKey of a run (`pipeline.shuffle`'s counters), per row and per download.
 Prints one JSON line (and, with --markdown, the table that docs/scaling.md shows).
 """
 
@@ -18,6 +21,7 @@ import json
 import math
 
 VCPU_HOUR, MEMORY_GB_HOUR, DISK_GB_HOUR, SHUFFLE_GB = 0.056, 0.003557, 0.000054, 0.011
+READ_OP, WRITE_OP = 0.004 / 10_000, 0.05 / 10_000  # Cloud Storage class B and class A operations
 ROWS = (10_000_000, 100_000_000, 1_000_000_000)
 
 
@@ -74,7 +78,20 @@ def arguments() -> argparse.Namespace:
     )
     size = parser.add_argument_group("sizes")
     size.add_argument("--stored-kb", type=float, default=25, help="a 256 px JPEG at quality 95")
-    size.add_argument("--row-bytes", type=float, default=300, help="a text-only Pair in a shuffle")
+    size.add_argument(
+        "--shuffle-bytes-per-row",
+        type=float,
+        default=1167,
+        help="bench/memory.py's shuffle counters: what every row moves (URL dedup, shard)",
+    )
+    size.add_argument(
+        "--shuffle-bytes-per-download",
+        type=float,
+        default=3446,
+        help="bench/memory.py's shuffle counters: what a downloaded image adds (crawl batches, "
+        "dedup groups, bands and join); images travel by reference, so no JPEG is shuffled",
+    )
+    size.add_argument("--batch-rows", type=int, default=1000, help="rows per crawl batch")
     size.add_argument("--machine-vcpus", type=int, default=16, help="n2-standard-16")
     size.add_argument("--machine-memory-gb", type=float, default=64)
     size.add_argument("--disk-gb", type=float, default=250)
@@ -102,16 +119,14 @@ def plan(rows: int, a: argparse.Namespace) -> dict:
     }
     vcpu_hours = sum(core_seconds.values()) / 3600 / a.utilisation
     worker_hours = vcpu_hours / a.machine_vcpus
-    shuffle_gb = (
-        4 * rows * a.row_bytes  # crawl batches, URL dedup, balance passes, manifest
-        + 2 * downloaded * a.stored_kb * 1000  # the dedup join and the shard buckets
-        + 8 * downloaded * 80  # LSH band entries
-    ) / 1e9
+    shuffle_gb = (rows * a.shuffle_bytes_per_row + fetched * a.shuffle_bytes_per_download) / 1e9
     cost = {
         "vcpu": vcpu_hours * VCPU_HOUR,
         "memory": worker_hours * a.machine_memory_gb * MEMORY_GB_HOUR,
         "disk": worker_hours * a.disk_gb * DISK_GB_HOUR,
         "shuffle": shuffle_gb * SHUFFLE_GB,
+        # the image store: two files written per crawl batch, one ranged read per kept image
+        "storage_ops": kept * READ_OP + 2 * fetched / a.batch_rows * WRITE_OP,
     }
     workers = min(a.workers, max(1, math.ceil(worker_hours / 1)))  # enough to finish in ~1 h
     return {
@@ -123,6 +138,7 @@ def plan(rows: int, a: argparse.Namespace) -> dict:
         "workers": workers,
         "wall_hours": round(worker_hours / workers, 1),
         "shuffle_tb": round(shuffle_gb / 1000, 2),
+        "shuffle_bytes_per_kept": round(shuffle_gb * 1e9 / kept),
         "output_tb": round(kept * a.stored_kb / 1e9, 2),
         "download_tb": round(fetched * a.success_share * 0.3 / 1e6, 1),  # ~300 kB originals
         "cost_usd": {k: round(v) for k, v in cost.items()},

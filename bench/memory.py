@@ -8,8 +8,9 @@ one of 48 variants (the 8 flips and rotations times 6 orders of the colour chann
 re-encoded as JPEG per request, so every URL is its own picture for the dedup (flips move the
 perceptual hash, channel orders the colour signature) while the server holds a few MB. `beam_runner.py` crawls each list with its
 defaults (dedup on) in a fresh process; its tree's RSS (it and every child, from /proc) is
-sampled every 0.2 s. Prints one JSON line: per size the peak, the time and the ok count, and the
-peak of the largest list over that of the smallest.
+sampled every 0.2 s. Prints one JSON line: per size the peak, the time, the ok count and the
+bytes that crossed each GroupByKey (`pipeline.shuffle`'s counters, per input row and per kept
+sample), and the peak of the largest list over that of the smallest.
 """
 
 from __future__ import annotations
@@ -94,11 +95,12 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def crawl(urls: Path, out: Path) -> tuple[float, int, int]:
-    """(seconds, peak tree RSS, ok rows) of a default crawl of `urls` in a fresh process."""
+def crawl(urls: Path, out: Path) -> tuple[float, int, dict]:
+    """(seconds, peak tree RSS, stats.json) of a default crawl of `urls` in a fresh process,
+    which also writes its shuffle counters to OUT.shuffle.json."""
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    command = [sys.executable, str(ROOT / "beam_runner.py"), "--input", str(urls)]
-    command += ["--output", str(out), "--allowed-networks", "127.0.0.0/8"]
+    command = [sys.executable, __file__, "--crawl-child", f"{out}.shuffle.json", "--input"]
+    command += [str(urls), "--output", str(out), "--allowed-networks", "127.0.0.0/8"]
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     peak = 0
@@ -108,8 +110,27 @@ def crawl(urls: Path, out: Path) -> tuple[float, int, int]:
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"the crawl of {urls} failed with {proc.returncode}")
-    ok = json.loads((out / "stats.json").read_text())["status_counts"].get("ok", 0)
-    return seconds, peak, ok
+    return seconds, peak, json.loads((out / "stats.json").read_text())
+
+
+def crawl_child(counters: str, argv: list[str]) -> None:
+    """`beam_runner.run(argv)` in this process, then its shuffle counters to `counters`."""
+    import beam_runner
+    from pipeline.shuffle import shuffle_counters
+
+    result = beam_runner.run(argv)
+    Path(counters).write_text(json.dumps(shuffle_counters(result)))
+
+
+def shuffle_summary(counters: dict, stats: dict) -> dict:
+    """Bytes shuffled per input row and per kept sample, in all and by the stage that did it."""
+    total = sum(c.get("bytes", 0) for c in counters.values())
+    rows, kept = stats["input_rows"], max(1, stats["samples"])
+    return {
+        "bytes_per_row": round(total / rows),
+        "bytes_per_kept": round(total / kept),
+        "by_stage_bytes_per_row": {k: round(c.get("bytes", 0) / rows) for k, c in counters.items()},
+    }
 
 
 def measure(size: int, work: Path) -> dict:
@@ -125,10 +146,14 @@ def measure(size: int, work: Path) -> dict:
         urls = work / f"urls-{size}.parquet"
         rows = [{"url": f"{base}/{i}.jpg", "caption": f"picture {i}"} for i in range(size)]
         pq.write_table(pa.Table.from_pylist(rows), urls)
-        seconds, peak, ok = crawl(urls, work / f"out-{size}")
+        out = work / f"out-{size}"
+        seconds, peak, stats = crawl(urls, out)
     finally:
         server.kill()
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 2**20), "ok": ok}
+    shuffle = shuffle_summary(json.loads(Path(f"{out}.shuffle.json").read_text()), stats)
+    ok = stats["status_counts"].get("ok", 0)
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 2**20), "ok": ok,
+            "shuffle": shuffle}  # fmt: skip
 
 
 def main() -> None:
@@ -137,7 +162,11 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "memory"))
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--crawl-child", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.crawl_child:
+        crawl_child(args.crawl_child, rest)
+        return
     if args.serve:
         serve(args.serve, Path(args.port_file))
         return

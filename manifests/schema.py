@@ -16,6 +16,7 @@ import pyarrow as pa
 
 if TYPE_CHECKING:
     from pipeline.hashing import ImageHashes
+    from pipeline.image_store import ImageRef
 
 OK = "ok"
 _URL_USERINFO = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@")  # a URL's own
@@ -67,8 +68,11 @@ class Pair:
     phash: str | None = None  # 64-bit perceptual hash, hex (dedup stage)
     dup_of: str | None = None  # key of the kept copy, for dup:* and contaminated rows
     score: float | None = None  # image-caption cosine similarity (score filter)
-    # Encoded JPEG of the resized image; carried between crawl and shard stages, never in the manifest.
+    # The encoded JPEG of the resized image, inline only where no store holds it (plain calls,
+    # a stage that needs the pixels for a moment); never in the manifest.
     image: bytes | None = field(default=None, repr=False)
+    # Where the crawl stored that JPEG (`pipeline.image_store`): what pairs carry between stages.
+    image_ref: ImageRef | None = field(default=None, repr=False)
     # The image dedup's hashes of it, made by the crawl while decoding; never in the manifest.
     hashes: ImageHashes | None = field(default=None, repr=False)
 
@@ -77,12 +81,12 @@ class Pair:
         return self.status == OK
 
     def with_status(self, status: str, message: str | None = None) -> Pair:
-        """The same pair, dropped with `status`; its image bytes (and hashes) are released. URLs
-        quoted in `message` (a redirect's target, say) lose their userinfo."""
+        """The same pair, dropped with `status`; its image (bytes, reference, hashes) is
+        released. URLs quoted in `message` (a redirect's target, say) lose their userinfo."""
         if message is not None:
             message = scrub_userinfo(message)
         return dataclasses.replace(
-            self, status=status, error_message=message, image=None, hashes=None
+            self, status=status, error_message=message, image=None, image_ref=None, hashes=None
         )
 
     def sample_metadata(self) -> dict:

@@ -19,6 +19,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.hashing import ACHROMATIC, Groups
+from pipeline.shuffle import MeteredCoGroupByKey, MeteredGroupByKey
 
 Edge = tuple[str, str]  # (larger key, smaller key)
 ROUNDS = 7  # large-star / small-star alternations, ending on a large-star (which settles most)
@@ -197,21 +198,21 @@ class ConnectedComponents(beam.PTransform):
                 edges = (
                     edges
                     | f"BothWays{i}" >> beam.FlatMap(both_ways)
-                    | f"Neighbours{i}" >> beam.GroupByKey()
+                    | f"Neighbours{i}" >> MeteredGroupByKey("dedup_components")
                     | f"LargeStar{i}" >> beam.FlatMapTuple(large_star)
                 )
             else:
                 edges = (
                     edges
-                    | f"Smaller{i}" >> beam.GroupByKey()
+                    | f"Smaller{i}" >> MeteredGroupByKey("dedup_components")
                     | f"SmallStar{i}" >> beam.FlatMapTuple(small_star)
                 )
         settled = (
             edges
             | "Links" >> beam.FlatMap(lambda e: [(e[0], ("up", e[1])), (e[1], ("down", e[0]))])
-            | "GroupLinks" >> beam.GroupByKey()
+            | "GroupLinks" >> MeteredGroupByKey("dedup_components")
             | "VertexLinks" >> beam.FlatMapTuple(vertex_links)
-            | "GroupNotes" >> beam.GroupByKey()
+            | "GroupNotes" >> MeteredGroupByKey("dedup_components")
             | "Settle" >> beam.FlatMapTuple(settle)
         )
         residual = settled | "Residual" >> beam.Filter(lambda s: s[0] == "residual")
@@ -228,7 +229,7 @@ class ConnectedComponents(beam.PTransform):
         )
         leaf = (
             {"leaves": leaves, "residual": residual_labels}
-            | "JoinRoots" >> beam.CoGroupByKey()
+            | "JoinRoots" >> MeteredCoGroupByKey("dedup_components")
             | "LeafLabels" >> beam.FlatMapTuple(leaf_labels)
         )
         labels = (

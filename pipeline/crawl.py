@@ -7,7 +7,8 @@ waiting off the pool); each body that arrives goes to a pool of decode processes
 so decoding and resizing use every core despite the GIL, never wait behind a slow server and
 are fed while downloads are pending. Batches complete in any order, and new ones are admitted
 while the queues run low, so one batch's slow tail never idles the pool. Finished batches are
-saved to the crawl cache (`crawl_cache`), so a killed run resumes where it stopped.
+saved to the crawl cache (`crawl_cache`), which is also the image store: the pairs leave with a
+reference to their JPEG, and a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipeline.hashing import HashSpec
 from pipeline.host_stats import HostStats
 from pipeline.imaging import ImageConfig
 from pipeline.netguard import UrlRefused, split_url
+from pipeline.shuffle import MeteredGroupByKey
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class CrawlConfig:
     threads: int = 0  # downloads in flight per worker; 0: `default_threads()`
     decode_processes: int = 0  # 0: one per core; -1: decode on threads in the worker itself
     batch_rows: int = 1000
-    cache_folder: str | None = None  # where finished batches are saved for resuming
+    cache_folder: str | None = None  # the image store and resume cache; None: images inline
     hashing: HashSpec | None = None  # the image dedup's hashes, made while decoding
 
 
@@ -201,8 +203,8 @@ class _CrawlBatchesFn(beam.DoFn):
 
     def _complete(self, batch: _Batch) -> list[Pair]:
         results = batch.results
-        if self._cache:
-            self._cache.save(batch.id, results)
+        if self._cache:  # the images go to the store; the pairs go on with references
+            results = self._cache.save(batch.id, results)
         for pair in results:
             counter = self._statuses.get(pair.status)
             if counter is None:
@@ -213,7 +215,8 @@ class _CrawlBatchesFn(beam.DoFn):
 
 class Crawl(beam.PTransform):
     """Pairs in, {"pairs": the same pairs, "stats": per-host crawl outcomes} out. Kept pairs come
-    back with their JPEG, the rest with a status.
+    back with a reference to their JPEG in the store (`cache_folder`; inline without one) and
+    their dedup hashes, the rest with a status.
 
     Kept pairs are grouped into batches of input rows (which also spreads them over workers);
     pairs already dropped pass around the crawl untouched.
@@ -231,7 +234,7 @@ class Crawl(beam.PTransform):
             checked
             | "Kept" >> beam.Filter(lambda p: p.is_ok)
             | "KeyByBatch" >> beam.Map(lambda p: (batch_of(p.key, batch_rows), p))
-            | "GroupBatches" >> beam.GroupByKey()
+            | "GroupBatches" >> MeteredGroupByKey("crawl")
             | "Download" >> beam.ParDo(_CrawlBatchesFn(self._config))
         )
         return {

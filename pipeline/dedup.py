@@ -59,7 +59,9 @@ from pipeline.hashing import (
     read_eval_images,
     to_hex,
 )
+from pipeline.image_store import StoreError, image_bytes
 from pipeline.imaging import ImageConfig, ImageError, process_image
+from pipeline.shuffle import MeteredCoGroupByKey, MeteredGroupByKey
 from pipeline.stats import CountEvents
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,7 @@ class UrlDedup(beam.PTransform):
             pairs
             | "Kept" >> beam.Filter(lambda p: p.is_ok)
             | "KeyByUrl" >> beam.Map(lambda p: ((normalize_url(p.url), text_key(p.caption)), p))
-            | "GroupByUrl" >> beam.GroupByKey()
+            | "GroupByUrl" >> MeteredGroupByKey("dedup_url")
             | "Resolve" >> beam.FlatMapTuple(resolve_urls)
         )
         events = decided | "Events" >> beam.FlatMap(
@@ -157,8 +159,9 @@ class UrlDedup(beam.PTransform):
 
 
 class _HashFn(beam.DoFn):
-    """Hash each kept image: the pair (with its `phash`) to the join, its Sig to the grouping;
-    pairs already dropped or without an image pass straight through."""
+    """Hash each kept image: the pair (with its `phash`; the other hashes travel in the Sig
+    only) to the join, its Sig to the grouping; pairs already dropped or without an image pass
+    straight through."""
 
     SIGS, HASHED, EVENTS = "sigs", "hashed", "events"
 
@@ -169,12 +172,16 @@ class _HashFn(beam.DoFn):
         if not pair.is_ok:
             yield pair
             return
-        if pair.image is None:
+        if pair.image is None and pair.image_ref is None:
             yield beam.pvalue.TaggedOutput(self.EVENTS, "no_image")
             yield pair
             return
-        try:
-            hashes = pair.hashes or self._config.hash_image(pair.image, views=self._config.near)
+        try:  # the crawl made the hashes; an image it could not hash is read back to say why
+            hashes = pair.hashes or self._config.hash_image(image_bytes(pair), self._config.near)
+        except StoreError as exc:
+            yield beam.pvalue.TaggedOutput(self.EVENTS, "unreadable")
+            yield pair.with_status(error(exc.kind), str(exc))
+            return
         except _UNREADABLE as exc:
             yield beam.pvalue.TaggedOutput(self.EVENTS, "unreadable")
             yield pair.with_status(error("decode"), f"dedup cannot decode image: {exc}")
@@ -184,7 +191,7 @@ class _HashFn(beam.DoFn):
         sig = Sig(pair.key, hashes.digest, hashes.phash, hashes.views, hashes.colour, text)
         yield beam.pvalue.TaggedOutput(self.SIGS, sig)
         yield beam.pvalue.TaggedOutput(
-            self.HASHED, (pair.key, replace(pair, phash=to_hex(sig.phash)))
+            self.HASHED, (pair.key, replace(pair, phash=to_hex(sig.phash), hashes=None))
         )
 
 
@@ -224,7 +231,12 @@ def example_thumbnail(key: str, joined: dict, groups: list[str]):
     group = decision.dup_of if decision and decision.status == DUP_NEAR else key
     if group not in groups:
         return
-    with Image.open(io.BytesIO(pair.image)) as image:
+    try:
+        data = image_bytes(pair)
+    except StoreError as exc:
+        log.warning("no near-duplicate example of %s: %s", key, exc)
+        return
+    with Image.open(io.BytesIO(data)) as image:
         thumbnail = image.convert("RGB")
         thumbnail.thumbnail((128, 128))
         out = io.BytesIO()
@@ -265,7 +277,7 @@ class ImageDedup(beam.PTransform):
             groups = (
                 sigs
                 | "KeyByPixels" >> beam.Map(lambda s: ((s.digest, s.text), s))
-                | "GroupByPixels" >> beam.GroupByKey()
+                | "GroupByPixels" >> MeteredGroupByKey("dedup_image")
                 | "ExactGroups" >> beam.MapTuple(exact_group)
             )
         else:
@@ -273,7 +285,7 @@ class ImageDedup(beam.PTransform):
         events = [hashed[_HashFn.EVENTS]]
         decisions = self._decide(groups, events)
         joined = {"pair": hashed[_HashFn.HASHED], "decision": decisions} | (
-            "JoinDecisions" >> beam.CoGroupByKey()
+            "JoinDecisions" >> MeteredCoGroupByKey("dedup_join")
         )
         decided = joined | "Apply" >> beam.FlatMapTuple(apply_decision)
         dropped = decisions | "DecisionEvents" >> beam.Map(lambda kd: kd[1].status)
@@ -296,7 +308,7 @@ class ImageDedup(beam.PTransform):
         nodes = (
             groups
             | "KeyByNode" >> beam.Map(lambda g: (g.node, g))
-            | "GroupByNode" >> beam.GroupByKey()
+            | "GroupByNode" >> MeteredGroupByKey("dedup_image")
             | "ByNodeKey" >> beam.MapTuple(lambda node, gs: (min(gs).rep, (node, sorted(gs))))
         )
         verdicts, clean = [], nodes
@@ -307,14 +319,14 @@ class ImageDedup(beam.PTransform):
             )
             clean = (
                 {"node": nodes, "hit": hits}
-                | "JoinHits" >> beam.CoGroupByKey()
+                | "JoinHits" >> MeteredCoGroupByKey("dedup_image")
                 | "Clean" >> beam.FlatMapTuple(lambda k, j: [] if j["hit"] else [(k, j["node"][0])])
             )
         if config.near:
             components = (
                 clean
                 | "NodeBands" >> beam.FlatMap(lambda kn: bucket_entries(*kn[1], layout))
-                | "GroupByBand" >> beam.GroupByKey()
+                | "GroupByBand" >> MeteredGroupByKey("dedup_bands")
                 | "BucketStars"
                 >> beam.FlatMapTuple(
                     lambda _, es: bucket_edges(list(es), config.threshold, config.colour_distance)
@@ -328,7 +340,7 @@ class ImageDedup(beam.PTransform):
             )
         return (
             {"node": nodes, "verdict": verdicts | "MergeVerdicts" >> beam.Flatten()}
-            | "JoinVerdicts" >> beam.CoGroupByKey()
+            | "JoinVerdicts" >> MeteredCoGroupByKey("dedup_image")
             | "NodeDecisions"
             >> beam.FlatMapTuple(
                 lambda _, joined: node_decisions(
@@ -351,7 +363,7 @@ class ImageDedup(beam.PTransform):
                 self._eval_entries(nodes.pipeline, layout, events),
             )
             | "MergeEntries" >> beam.Flatten()
-            | "GroupHitBands" >> beam.GroupByKey()
+            | "GroupHitBands" >> MeteredGroupByKey("dedup_bands")
             | "Hits"
             >> beam.FlatMapTuple(
                 lambda _, es: bucket_hits(list(es), config.threshold, config.colour_distance)

@@ -33,6 +33,8 @@ from filters.score import (
 )
 from manifests.schema import MANIFEST_SCHEMA, Pair, error, filtered
 from pipeline.crawl import batch_of
+from pipeline.image_store import STORE_ERROR, ImageReader, with_image, without_image
+from pipeline.shuffle import MeteredGroupByKey
 
 __all__ = ["ApplyFilters", "FiltersConfig", "ScoreFilter", "add_arguments", "config_from_args"]
 
@@ -146,9 +148,22 @@ class _FilterFn(beam.DoFn):
             if definition.setup:
                 definition.setup(config)
         self._counters: dict[str, object] = {}
+        needs_pixels = any(definition.kind == "image" for definition in self._chain)
+        self._reader = ImageReader() if needs_pixels else None
+
+    def teardown(self) -> None:
+        if self._reader:
+            self._reader.close()
 
     def process(self, pair: Pair):
+        if self._reader and pair.is_ok:  # the image filters read the image from the store
+            pair = with_image(pair, self._reader)
+            if not pair.is_ok:  # lost from the store: it never reached a filter
+                self._count(pair.status)
+                yield pair, (0, STORE_ERROR)
+                return
         out, outcome = apply_chain(pair, self._chain, self._configs)
+        out = without_image(out)
         if outcome != PASSED:
             index, reason = outcome
             name = self._chain[index].name if index < len(self._chain) else "chain"
@@ -192,6 +207,10 @@ class _ScoreFn(beam.DoFn):
         self._scorer = self._make_scorer(self._config)
         self._scored = Metrics.counter("score", "scored")
         self._failed = Metrics.counter("score", "error")
+        self._reader = ImageReader()
+
+    def teardown(self) -> None:
+        self._reader.close()
 
     def process(self, element):
         _, pairs = element
@@ -201,6 +220,11 @@ class _ScoreFn(beam.DoFn):
             yield from self._score_batch(pairs[start : start + size])
 
     def _score_batch(self, batch: list[Pair]):
+        loaded = [with_image(pair, self._reader) for pair in batch]
+        yield from (pair for pair in loaded if not pair.is_ok)  # lost from the image store
+        batch = [pair for pair in loaded if pair.is_ok]
+        if not batch:
+            return
         try:
             scores = self._scorer.score(batch)
         except Exception:  # one bad image must not cost its whole batch: retry one by one
@@ -214,7 +238,7 @@ class _ScoreFn(beam.DoFn):
             return
         self._scored.inc(len(batch))
         for pair, score in zip(batch, scores, strict=True):
-            yield dataclasses.replace(pair, score=rounded(score))
+            yield without_image(dataclasses.replace(pair, score=rounded(score)))
 
 
 def _judge(pair: Pair, config: ScoreConfig, threshold: float | None) -> Pair:
@@ -266,7 +290,7 @@ class ScoreFilter(beam.PTransform):
             pairs
             | "Ok" >> beam.Filter(lambda p: p.is_ok)
             | "KeyByGroup" >> beam.Map(lambda p: (batch_of(p.key, _SCORE_GROUP_ROWS), p))
-            | "Group" >> beam.GroupByKey()
+            | "Group" >> MeteredGroupByKey("score")
             | "Score" >> beam.ParDo(_ScoreFn(config, self._make_scorer))
         )
         histogram = (

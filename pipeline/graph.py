@@ -36,11 +36,13 @@ from manifests.io import (
 )
 from manifests.query_list import load_queries
 from manifests.readers import InputSpec, check_columns
+from manifests.schema import error
 from pipeline.balance import Balance, BalanceConfig, MatchQueries
 from pipeline.crawl import Crawl, CrawlConfig
 from pipeline.crawl_cache import CrawlCache, fingerprint
 from pipeline.dedup import DedupConfig, ImageDedup, UrlDedup
 from pipeline.filtering import ApplyFilters, ScoreFilter
+from pipeline.image_store import STORE_ERROR
 from pipeline.read import ROWS, ReadPairs
 from pipeline.shard import WriteShards
 
@@ -89,14 +91,17 @@ def crawl_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
 
 
 def is_complete(output: str, run_id: str) -> bool:
-    """True when `output` holds a finished run with fingerprint `run_id`."""
+    """True when `output` holds a finished run with fingerprint `run_id` that lost no image
+    from the store (a rerun fetches those again)."""
     path = join(output, "stats.json")
     if not FileSystems.exists(path):
         return False
     try:
-        return json.loads(read_bytes(path)).get("fingerprint") == run_id
+        stats = json.loads(read_bytes(path))
     except ValueError:
         return False
+    lost = stats.get("status_counts", {}).get(error(STORE_ERROR), 0)
+    return stats.get("fingerprint") == run_id and not lost
 
 
 def _files_under(path: str) -> list[str]:

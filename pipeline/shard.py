@@ -3,9 +3,13 @@
 Each pair goes to bucket `hash(key) % n`, with n = ceil(kept / samples_per_shard) from a global
 count, so shard names and contents are deterministic and no two workers ever write the same
 file, whatever the runner or the order it processed elements in. A bucket writes
-`shards/NNNNN.tar` (its kept pairs, sorted by key, streamed through `writers` to a temporary
-file renamed when complete) and `manifest/NNNNN.parquet` (all of its pairs, dropped ones
-included, with their status), both atomically.
+`shards/NNNNN.tar` (its kept pairs, sorted by key, their images read back from the crawl's
+store one at a time and streamed through `writers` to a temporary file renamed when complete)
+and `manifest/NNNNN.parquet` (all of its pairs, dropped ones included, with their status),
+both atomically. Hash buckets rather than img2dataset's groups of input batches: the group by
+bucket moves metadata only (a reference per image), so memory stays bounded either way, and
+each shard mixes the whole input instead of one stretch of it, which a trainer reading a few
+shards at a time wants.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import io
 import json
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 
 import apache_beam as beam
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from manifests.io import atomic_file, join, write_atomic
 from manifests.schema import Pair, manifest_table
+from pipeline.image_store import ImageReader, with_image, without_image
+from pipeline.shuffle import MeteredGroupByKey
 from pipeline.writers import write_samples
 
 
@@ -40,22 +48,44 @@ def shard_name(bucket: int) -> str:
     return f"{bucket:05d}"
 
 
+def _with_images(
+    kept: list[Pair], reader: ImageReader, written: list[Pair], failed: list[Pair]
+) -> Iterator[Pair]:
+    """The kept pairs carrying their image bytes, read one at a time from the store (each noted
+    in `written`, light); a pair whose image cannot be read goes to `failed` instead, with
+    `error:image_store`."""
+    for pair in kept:
+        loaded = with_image(pair, reader)
+        if loaded.is_ok:
+            written.append(without_image(loaded))
+            yield loaded
+        else:
+            failed.append(loaded)
+
+
 def write_bucket(bucket: int, pairs: list[Pair], output: str) -> dict:
-    """Write one bucket's shard and manifest part; return its summary for stats.json."""
+    """Write one bucket's shard and manifest part; return its summary for stats.json.
+
+    Samples go to the tar in key order, their images read back from the store one by one (a
+    batch file front to back), so a shard is never held in memory."""
     name = shard_name(bucket)
     pairs = sorted(pairs, key=lambda p: p.key)
     kept = [replace(p, shard=f"{name}.tar") for p in pairs if p.is_ok]
+    written, failed = [], []
     if kept:
-        with atomic_file(join(output, "shards", f"{name}.tar")) as stream:
-            write_samples(stream, kept)
-    rows = [p for p in pairs if not p.is_ok] + kept
+        tar = join(output, "shards", f"{name}.tar")
+        with ImageReader() as reader, atomic_file(tar) as stream:
+            write_samples(stream, _with_images(kept, reader, written, failed))
+        if not written:  # every image of the shard was lost from the store
+            FileSystems.delete([tar])
+    rows = [p for p in pairs if not p.is_ok] + written + failed
     rows.sort(key=lambda p: p.key)
     parquet = io.BytesIO()
     pq.write_table(manifest_table(rows), parquet, compression="zstd")
     write_atomic(join(output, "manifest", f"{name}.parquet"), parquet.getvalue())
     return {
-        "shard": f"{name}.tar" if kept else None,
-        "samples": len(kept),
+        "shard": f"{name}.tar" if written else None,
+        "samples": len(written),
         "rows": len(rows),
         "status_counts": dict(Counter(p.status for p in rows)),
     }
@@ -146,7 +176,7 @@ class WriteShards(beam.PTransform):
                 lambda p, n: (bucket_of(p.key, shard_count(n, per_shard)), p),
                 n=beam.pvalue.AsSingleton(kept),
             )
-            | "GroupBuckets" >> beam.GroupByKey()
+            | "GroupBuckets" >> MeteredGroupByKey("shard")
             | "WriteBuckets" >> beam.ParDo(_WriteBucketFn(self._output))
         )
         output, extra = self._output, self._extra_stats
