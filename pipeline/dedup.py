@@ -196,7 +196,8 @@ class _HashFn(beam.DoFn):
 
 
 class _HashEvalFn(beam.DoFn):
-    """Eval images get the crawl's resize before hashing, so they look like training images."""
+    """Eval images get the crawl's resize before hashing, so they look like training images, and
+    are hashed as the crawl hashes (the resized picture, not its JPEG)."""
 
     def __init__(self, config: DedupConfig):
         self._config = config
@@ -204,8 +205,8 @@ class _HashEvalFn(beam.DoFn):
     def process(self, path: str):
         for ident, data in read_eval_images(path):
             try:
-                jpeg = process_image(data, self._config.eval_image).jpeg
-                hashes = self._config.hash_image(jpeg)
+                pixels = process_image(data, self._config.eval_image).pixels
+                hashes = self._config.hash_spec().of_pixels(pixels)  # as the crawl hashes
             except (ImageError, *_UNREADABLE) as exc:
                 log.warning("skipping unreadable evaluation image %s: %s", ident, exc)
                 yield beam.pvalue.TaggedOutput("events", "eval_unreadable")
