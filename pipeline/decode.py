@@ -13,10 +13,12 @@ import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 
+from PIL import Image
+
 from filters.image_size import NAME as SIZE_FILTER
 from filters.image_size import ImageSizeConfig, check_image_size
 from manifests.schema import Pair, error, filtered
-from pipeline.hashing import HashSpec
+from pipeline.hashing import HashSpec, ImageHashes
 from pipeline.imaging import ImageConfig, ImageError, finish_image, open_image, oriented_size
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,8 @@ def finish_pair(
     sizes: ImageSizeConfig,
     hashing: HashSpec | None = None,
 ) -> Pair:
-    """Decode, check and resize a downloaded body, and hash the resized picture for the dedup
-    stage while it is in memory, when `hashing` says how (the CPU half of `crawl_pair`; never
-    raises)."""
+    """Decode, check and resize a downloaded body, and hash the result for the dedup stage
+    when `hashing` says how (the CPU half of `crawl_pair`; never raises)."""
     try:
         image = open_image(body, image_config.max_pixels, image_config.formats)
         width, height = oriented_size(image)
@@ -54,7 +55,6 @@ def finish_pair(
                 filtered(SIZE_FILTER, reason), f"{width}x{height}"
             )
         out = finish_image(image, image_config)
-        hashes = hashing.of_pixels(out.pixels) if hashing else None
     except ImageError as exc:
         return pair.with_status(error(exc.kind), str(exc))
     except Exception as exc:  # a bug or an exotic failure must cost one row, not the run
@@ -68,5 +68,16 @@ def finish_pair(
         original_width=out.original_width,
         original_height=out.original_height,
         sha256=out.sha256,
-        hashes=hashes,
+        hashes=_hashes(out.jpeg, hashing),
     )
+
+
+def _hashes(jpeg: bytes, hashing: HashSpec | None) -> ImageHashes | None:
+    """The dedup hashes of the shard's JPEG; None leaves them to the dedup stage, which then
+    reports an image it cannot read."""
+    if hashing is None:
+        return None
+    try:
+        return hashing.of(jpeg)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None

@@ -196,8 +196,7 @@ class _HashFn(beam.DoFn):
 
 
 class _HashEvalFn(beam.DoFn):
-    """Eval images get the crawl's resize before hashing, so they look like training images, and
-    are hashed as the crawl hashes (the resized picture, not its JPEG)."""
+    """Eval images get the crawl's resize before hashing, so they look like training images."""
 
     def __init__(self, config: DedupConfig):
         self._config = config
@@ -205,8 +204,8 @@ class _HashEvalFn(beam.DoFn):
     def process(self, path: str):
         for ident, data in read_eval_images(path):
             try:
-                pixels = process_image(data, self._config.eval_image).pixels
-                hashes = self._config.hash_spec().of_pixels(pixels)  # as the crawl hashes
+                jpeg = process_image(data, self._config.eval_image).jpeg
+                hashes = self._config.hash_image(jpeg)
             except (ImageError, *_UNREADABLE) as exc:
                 log.warning("skipping unreadable evaluation image %s: %s", ident, exc)
                 yield beam.pvalue.TaggedOutput("events", "eval_unreadable")

@@ -95,10 +95,6 @@ class HashSpec:
         """`hash_image` of `data` with these settings."""
         return hash_image(data, self.hash_name, self.mirror, self.zoom, self.colour)
 
-    def of_pixels(self, image: Image.Image) -> ImageHashes:
-        """`hash_pixels` of a decoded RGB image with these settings."""
-        return hash_pixels(image, self.hash_name, self.mirror, self.zoom, self.colour)
-
 
 _NOT_WORD = re.compile(r"[\W_]+")
 
@@ -172,17 +168,6 @@ def hash_image(
     """Decode `data` and hash it; raises OSError/ValueError when it is not a readable image."""
     with Image.open(io.BytesIO(data)) as opened:
         image = opened.convert("RGB")
-    return hash_pixels(image, hash_name, mirror, zoom, colour)
-
-
-def hash_pixels(
-    image: Image.Image,
-    hash_name: str,
-    mirror: bool = False,
-    zoom: tuple[float, ...] = (),
-    colour: bool = False,
-) -> ImageHashes:
-    """The dedup hashes of a decoded RGB image (the crawl's resized picture, still in memory)."""
     views = [ImageOps.mirror(image)] if mirror else []
     views += [centre_zoom(image, fraction) for fraction in zoom]
     return ImageHashes(

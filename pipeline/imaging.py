@@ -22,7 +22,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
@@ -104,7 +104,6 @@ class ProcessedImage:
     original_width: int
     original_height: int
     sha256: str
-    pixels: Image.Image = field(repr=False, compare=False)  # the resized RGB picture, to hash
 
 
 def open_image(
@@ -216,19 +215,18 @@ def finish_image(image: Image.Image, config: ImageConfig) -> ProcessedImage:
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("decode", f"cannot decode image: {exc}") from None
     with decode_budget(config).hold(width * height):
-        jpeg, pixels = _decode_and_encode(image, config)
+        jpeg, width, height = _decode_and_encode(image, config)
     return ProcessedImage(
         jpeg=jpeg,
-        width=pixels.width,
-        height=pixels.height,
+        width=width,
+        height=height,
         original_width=original_width,
         original_height=original_height,
         sha256=hashlib.sha256(jpeg).hexdigest(),
-        pixels=pixels,
     )
 
 
-def _decode_and_encode(image: Image.Image, config: ImageConfig) -> tuple[bytes, Image.Image]:
+def _decode_and_encode(image: Image.Image, config: ImageConfig) -> tuple[bytes, int, int]:
     try:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
@@ -241,4 +239,4 @@ def _decode_and_encode(image: Image.Image, config: ImageConfig) -> tuple[bytes, 
         image.save(out, format="JPEG", quality=config.quality)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError("decode", f"cannot decode image: {exc}") from None
-    return out.getvalue(), image
+    return out.getvalue(), image.width, image.height
