@@ -10,7 +10,8 @@ their own:
   zero     `demo.server`: one host, no latency (the CPU-bound case).
 Both tools run at their defaults: img2dataset with processes = cores, its own thread count and
 one shard per process (its most favourable split); openwit with dedup on and only
-`--allowed-networks`. Both make 256 px center-crop WebDataset shards. Prints one JSON line per
+`--allowed-networks` (`--openwit-args` adds options, to measure one). Both make 256 px
+center-crop WebDataset shards. Prints one JSON line per
 web: pairs/s of each, their ratio, the ok counts, CPU ms per URL of each tool's process tree,
 and the CPU utilisation of the openwit run (CPU seconds / wall / cores, whole run and median of
 1 s samples); a first line gives each tool's CPU ms per picture to decode, resize and encode.
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -135,11 +137,11 @@ def run_img2dataset(binary: str, urls: Path, out: Path, rows: int) -> tuple[floa
     return seconds, ok, cpu
 
 
-def run_openwit(urls: Path, out: Path) -> tuple[float, int, float, float]:
+def run_openwit(urls: Path, out: Path, extra: list[str]) -> tuple[float, int, float, float]:
     """(wall s, ok rows, CPU s of the process tree, median CPU utilisation of 1 s samples)."""
     command = [sys.executable, str(ROOT / "beam_runner.py"), "--input", str(urls), "--output",
                str(out), "--image-size", "256", "--resize-mode", "center_crop",
-               "--allowed-networks", "127.0.0.0/8"]  # fmt: skip
+               "--allowed-networks", "127.0.0.0/8", *extra]  # fmt: skip
     seconds, cpu, util_median = timed_with_cpu(command, cwd=ROOT)
     ok = json.loads((out / "stats.json").read_text())["status_counts"].get("ok", 0)
     return seconds, ok, cpu, util_median
@@ -169,21 +171,21 @@ def decode_cost(paths: list[Path], img2dataset: str) -> dict:
     return {"decode_ms_openwit": round(ours, 2), "decode_ms_img2dataset": round(float(theirs), 2)}
 
 
-def compare(name: str, urls: list[str], work: Path, img2dataset: str) -> dict:
+def compare(name: str, urls: list[str], work: Path, img2dataset: str, extra: list[str]) -> dict:
     """Crawl `urls` with both tools; the web's JSON result."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     url_file = folder / "urls.parquet"
     rows = [{"url": url, "caption": f"picture {i}"} for i, url in enumerate(urls)]
     pq.write_table(pa.Table.from_pylist(rows), url_file)
-    result: dict = {"web": name, "urls": len(urls), "cores": CORES}
+    result: dict = {"web": name, "urls": len(urls), "cores": CORES, "openwit_args": extra}
     result["load_before"] = round(os.getloadavg()[0], 2)
     subprocess.run(["rm", "-rf", str(folder / "img2dataset"), str(folder / "openwit")], check=True)
     seconds, ok, cpu = run_img2dataset(img2dataset, url_file, folder / "img2dataset", len(urls))
     result.update(img2dataset_seconds=round(seconds, 2), img2dataset_ok=ok,
                   img2dataset_pairs_per_s=round(len(urls) / seconds, 1),
                   img2dataset_cpu_ms_per_url=round(1000 * cpu / len(urls), 1))  # fmt: skip
-    seconds, ok, cpu, util_median = run_openwit(url_file, folder / "openwit")
+    seconds, ok, cpu, util_median = run_openwit(url_file, folder / "openwit", extra)
     result.update(openwit_seconds=round(seconds, 2), openwit_ok=ok,
                   openwit_pairs_per_s=round(len(urls) / seconds, 1),
                   openwit_cpu_ms_per_url=round(1000 * cpu / len(urls), 1),
@@ -204,7 +206,9 @@ def main() -> None:
     parser.add_argument("--stalled", type=int, default=latency_web.WebProfile.stalled)
     parser.add_argument("--img2dataset", default=str(ROOT / ".venv-bench/bin/img2dataset"))
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "crawl"))
+    parser.add_argument("--openwit-args", default="", help="options added to openwit's defaults")
     args = parser.parse_args()
+    extra = shlex.split(args.openwit_args)
     work = Path(args.work)
     paths = make_corpus(work.parent / f"photos-{args.images}", args.images)
     names = [p.name for p in paths]
@@ -218,7 +222,7 @@ def main() -> None:
             server, base_url = start_server(paths[0].parent, work)
             urls = [f"{base_url}/img/{n}" for n in names]
         try:
-            print(json.dumps(compare(web, urls, work, args.img2dataset)), flush=True)
+            print(json.dumps(compare(web, urls, work, args.img2dataset, extra)), flush=True)
         finally:
             server.kill()
 
