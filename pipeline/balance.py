@@ -21,9 +21,12 @@ from dataclasses import dataclass, replace
 import apache_beam as beam
 import numpy as np
 
+from manifests import query_counts
+from manifests.io import join
 from manifests.query_list import load_queries
 from manifests.schema import Pair
 from pipeline.matching import QueryMatcher, TokenMatcher
+from pipeline.stage import Options, Stage, whole
 from pipeline.stats import CountEvents
 
 UNMATCHED = "unmatched"
@@ -265,3 +268,73 @@ def config_from_args(args: argparse.Namespace) -> BalanceConfig | None:
         fold_case=args.match_ignore_case,
         matcher=args.query_matcher,
     )
+
+
+def _query_count(config: BalanceConfig, ctx) -> int:
+    """The list's size, read once while the graph is wired: a bad list fails before the run."""
+    if "queries" not in ctx.shared:
+        ctx.shared["queries"] = len(load_queries(config.queries))
+    return ctx.shared["queries"]
+
+
+def _match(config: BalanceConfig, ctx) -> MatchQueries:
+    _query_count(config, ctx)
+    return MatchQueries(config)
+
+
+def _prebalance(config: BalanceConfig, ctx) -> Balance:
+    limit = config.max_per_query * config.headroom
+    return Balance(config, _query_count(config, ctx), limit, "pre")
+
+
+def _keep_counts(out: dict, config: BalanceConfig, ctx) -> None:
+    ctx.shared["balance_before"] = out["counts"]
+
+
+def write_query_counts(final: tuple, before: tuple | None, config: BalanceConfig, folder: str):
+    """balance/: per-query counts at each pass (the pool, after the prebalance, final)."""
+    final_in, final_kept = final
+    pool, after_pre = before if before is not None else (final_in, final_in)
+    columns = {"pool": pool, "after_prebalance": after_pre, "final_in": final_in}
+    columns["final_kept"] = final_kept
+    query_counts.write(folder, load_queries(config.queries), columns, config.max_per_query)
+
+
+def _write_counts(out: dict, config: BalanceConfig, ctx) -> None:
+    before = ctx.shared.get("balance_before")
+    before = beam.pvalue.AsSingleton(before) if before is not None else None
+    folder = join(ctx.staging, "balance")
+    ctx.sinks.append(
+        out["counts"] | "WriteQueryCounts" >> beam.Map(write_query_counts, before, config, folder)
+    )
+
+
+BALANCE = Options(
+    "balance", BalanceConfig, "query balancing (CLIP / MetaCLIP)", add_arguments, config_from_args
+)
+MATCH_STAGE = Stage(
+    "balance_match",
+    BALANCE,
+    _match,
+    statuses=(UNMATCHED,),
+    crawl_key=whole,
+    doc="match captions against the query list",
+)
+PRE_STAGE = Stage(
+    "balance_pre",
+    BALANCE,
+    _prebalance,
+    statuses=(BALANCED_OUT,),
+    enabled=lambda config: config is not None and bool(config.headroom),
+    crawl_key=whole,
+    collect=_keep_counts,
+    doc="balance with headroom before the download",
+)
+FINAL_STAGE = Stage(
+    "balance_final",
+    BALANCE,
+    lambda config, ctx: Balance(config, _query_count(config, ctx), config.max_per_query, "final"),
+    statuses=(BALANCED_OUT,),
+    collect=_write_counts,
+    doc="balance to t per query after curation",
+)

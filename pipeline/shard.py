@@ -15,7 +15,7 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -23,6 +23,8 @@ from apache_beam.metrics import Metrics
 
 from manifests.io import atomic_file, join, write_atomic
 from manifests.schema import Pair, manifest_table
+from pipeline.read import ROWS
+from pipeline.stage import Options, Stage
 from pipeline.writers import write_samples
 
 
@@ -161,3 +163,23 @@ class WriteShards(beam.PTransform):
                 **{name: beam.pvalue.AsSingleton(pc) for name, pc in self._stage_stats.items()},
             )
         )
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    samples_per_shard: int = field(default=10_000, metadata={"help": "samples per .tar shard"})
+
+
+def _shard(config: ShardConfig, ctx) -> WriteShards:
+    rows = ctx.shared[ROWS]
+    return WriteShards(ctx.staging, config.samples_per_shard, rows, ctx.shared["extra"], ctx.stats)
+
+
+SHARD = Options("shard", ShardConfig, "shards", required=True)
+STAGE = Stage(
+    "shard",
+    SHARD,
+    _shard,
+    enabled=lambda config: True,
+    doc="write every ok pair to a shard, every pair to the manifest, stats.json",
+)

@@ -23,14 +23,10 @@ from demo.server import CorpusServer
 from filters.image_size import ImageSizeConfig
 from manifests.schema import Pair
 from pipeline.decode import finish_pair
-from pipeline.dedup import (
-    DedupConfig,
-    ImageDedup,
-    UrlDedup,
-    add_arguments,
-    config_from_args,
-)
+from pipeline.dedup import DedupConfig, add_arguments, config_from_args
 from pipeline.dedup_groups import CONTAMINATED, DUP_EXACT, DUP_NEAR
+from pipeline.dedup_image import ImageDedup
+from pipeline.dedup_url import UrlDedup
 from pipeline.hashing import (
     Groups,
     band_keys,
