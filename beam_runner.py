@@ -54,12 +54,10 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="log Beam's and openwit's INFO lines"
     )
     for config in options(stage_plugins(argv)):
+        group = parser.add_argument_group(config.title)
+        add_config_flags(group, config.config_class, config.name)
         if config.add_flags is not None:
-            config.add_flags(parser)
-        else:
-            add_config_flags(
-                parser.add_argument_group(config.title), config.config_class, config.name
-            )
+            config.add_flags(group)
     return parser
 
 

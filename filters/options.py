@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class FiltersConfig:
     """The configured filters in `--filters` order; each stage takes the ones of its kind."""
 
-    steps: tuple[FilterStep, ...] = ()
+    steps: tuple[FilterStep, ...] = dataclasses.field(default=(), metadata={"cli": False})
 
     @property
     def text(self) -> tuple[FilterStep, ...]:
@@ -63,9 +63,8 @@ def _configurable() -> dict[str, type]:
     return {n: d.config_class for n, d in registered().items()}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `filters` argument group: selection, YAML, plugins, and every filter's fields."""
-    group = parser.add_argument_group("filters")
+def add_arguments(group) -> None:
+    """Add to `group` the filters' flags: selection, YAML, plugins, and every filter's fields."""
     names = ", ".join(sorted(_configurable()))
     group.add_argument(
         "--filters", help=f"comma-separated filters, in order, from: {names} (default: none)"
@@ -102,6 +101,8 @@ def coerce(value: Any, hint: Any) -> Any:
             return None
         return coerce(value, options[0])
     if typing.get_origin(hint) is tuple:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return ()
         items = value.split(",") if isinstance(value, str) else list(value)
         item_type = typing.get_args(hint)[0]
         return tuple(

@@ -22,6 +22,11 @@ from filters.options import coerce
 _MISSING = dataclasses.MISSING
 
 
+def option(default: Any, help: str = "", **meta: Any) -> Any:
+    """A dataclass field with its flag's `help` and other metadata (`flag`, `choices`, ...)."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
 def default_of(field: dataclasses.Field) -> Any:
     """The field's default, its factory's value included; `dataclasses.MISSING` when none."""
     if field.default is not _MISSING:
@@ -48,7 +53,7 @@ def _dest(path: tuple[str, ...]) -> str:
 
 
 def _shown(value: Any) -> str:
-    if value is None or value == ():
+    if value is None or value in ((), ""):
         return "none"
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
@@ -67,7 +72,8 @@ def add_config_flags(group, config_class: type, prefix: str) -> None:
             if default is not _MISSING:
                 text = f"{text} (default: {_shown(default)})".strip()
             group.add_argument(flag, dest=dest, default=None, choices=meta.get("choices"),
-                               metavar=None if "choices" in meta else field.name.upper(),
+                               metavar=meta.get("metavar", None if "choices" in meta
+                                                else field.name.upper()),
                                required=default is _MISSING, help=text)  # fmt: skip
         if "alias" in meta:
             alias, value, alias_help = meta["alias"]

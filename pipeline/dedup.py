@@ -10,8 +10,9 @@ the text, and those other captions are extra supervision, not repetition.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from pipeline.config_flags import config_from_flags, option
 from pipeline.hashing import (
     HASH_BITS,
     HASH_FUNCTIONS,
@@ -31,18 +32,35 @@ SCOPES = ("image", "pair")
 class DedupConfig:
     """Which dedup steps run and how near is near."""
 
-    exact: bool = True  # repeated URLs (before download) and identical pixels (after)
-    near: bool = True  # perceptual-hash near-duplicates
-    threshold: int = 8  # Hamming bits (of 64) within which two images are near-duplicates
-    bands: int = 8  # LSH bands; bands > threshold guarantees every match is found
-    hash_name: str = "phash"  # an imagehash function: phash, dhash, ahash, whash
-    mirror: bool = False  # also match left-right mirrored copies (a second hash per image)
-    zoom: tuple[float, ...] = (0.95,)  # also hash these centre zooms: matches cropped copies
-    colour_distance: float | None = 12.0  # grey levels; matches whose colours differ more are
-    # not copies (recoloured drawings, flags); None switches the check off
-    scope: str = "image"  # image: a copy is a duplicate; pair: only with the same caption
-    decontaminate: str | None = None  # eval images: folders, image files or .tar shards
-    eval_image: ImageConfig = field(default_factory=ImageConfig)  # the crawl's resize, for evals
+    exact: bool = field(default=True, metadata={"cli": False})  # repeated URLs, identical pixels
+    near: bool = field(default=True, metadata={"cli": False})  # perceptual-hash near-duplicates
+    threshold: int = option(8, "Hamming distance in bits (of 64) within which images are "
+                            "near-duplicates", flag="--near-dup-threshold")  # fmt: skip
+    bands: int = option(8, "LSH bands the 64-bit hash is split into: more than the threshold "
+                        "finds every match, fewer make smaller buckets on huge corpora",
+                        flag="--near-dup-bands")  # fmt: skip
+    hash_name: str = option("phash", "perceptual hash function", flag="--near-dup-hash",
+                            choices=sorted(HASH_FUNCTIONS))  # fmt: skip
+    mirror: bool = option(False, "also match left-right mirrored copies (hashes each image "
+                          "twice)", flag="--near-dup-mirror")  # fmt: skip
+    zoom: tuple[float, ...] = option((0.95,), "comma list of centre zooms also hashed per "
+                                     "image, so copies cropped by up to 1 - zoom still match; "
+                                     "'none' hashes the image alone",
+                                     flag="--near-dup-zoom")  # fmt: skip
+    colour_distance: float | None = option(12.0, "mean chroma difference (grey levels, 4x4 grid) "
+                                           "above which two hash matches are not copies, since "
+                                           "pHash sees no colour; greyscale images always pass; "
+                                           "'none' switches the check off",
+                                           flag="--near-dup-colour-distance")  # fmt: skip
+    scope: str = option("image", "image: one sample per picture; pair: copies of a picture are "
+                        "dropped only when their captions say the same (case, spacing and "
+                        "punctuation aside), so each distinct caption of it keeps a sample",
+                        flag="--dedup-scope", choices=SCOPES)  # fmt: skip
+    decontaminate: str | None = option(None, "drop images near-duplicate to these evaluation "
+                                       "images: folders, files, globs or .tar shards, "
+                                       "comma-separated", metavar="EVAL_DIR_OR_SHARDS")  # fmt: skip
+    # the crawl's resize, which evaluation images get before hashing; set by the graph
+    eval_image: ImageConfig = field(default_factory=ImageConfig, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -80,97 +98,28 @@ class DedupConfig:
         return caption_key(caption) if self.scope == "pair" else ""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("dedup and decontamination")
+def add_arguments(group) -> None:
+    """`--dedup`: which steps run (the other flags are DedupConfig's fields)."""
+    defaults = ",".join(mode for mode in MODES if getattr(DedupConfig, mode))
     group.add_argument(
         "--dedup",
-        default="exact,near",
         help="comma list of exact (repeated URLs, identical pixels) and near (perceptual hash); "
-        "'none' switches dedup off (default: exact,near)",
-    )
-    group.add_argument(
-        "--near-dup-threshold",
-        type=int,
-        default=DedupConfig.threshold,
-        help="Hamming distance in bits (of 64) within which images are near-duplicates "
-        f"(default: {DedupConfig.threshold})",
-    )
-    group.add_argument(
-        "--near-dup-bands",
-        type=int,
-        default=DedupConfig.bands,
-        help="LSH bands the 64-bit hash is split into: more than the threshold finds every match, "
-        f"fewer make smaller buckets on huge corpora (default: {DedupConfig.bands})",
-    )
-    group.add_argument(
-        "--near-dup-hash",
-        choices=sorted(HASH_FUNCTIONS),
-        default=DedupConfig.hash_name,
-        help=f"perceptual hash function (default: {DedupConfig.hash_name})",
-    )
-    group.add_argument(
-        "--near-dup-mirror",
-        action="store_true",
-        help="also match left-right mirrored copies (hashes each image twice)",
-    )
-    group.add_argument(
-        "--near-dup-zoom",
-        default=",".join(str(f) for f in DedupConfig.zoom),
-        help="comma list of centre zooms also hashed per image, so copies cropped by up to "
-        "1 - zoom still match; 'none' hashes the image alone "
-        f"(default: {','.join(str(f) for f in DedupConfig.zoom)})",
-    )
-    group.add_argument(
-        "--near-dup-colour-distance",
-        default=str(DedupConfig.colour_distance),
-        help="mean chroma difference (grey levels, 4x4 grid) above which two hash matches are "
-        "not copies, since pHash sees no colour; greyscale images always pass; 'none' switches "
-        f"the check off (default: {DedupConfig.colour_distance})",
-    )
-    group.add_argument(
-        "--dedup-scope",
-        choices=SCOPES,
-        default=DedupConfig.scope,
-        help="image: one sample per picture; pair: copies of a picture are dropped only when "
-        "their captions say the same (case, spacing and punctuation aside), so each distinct "
-        f"caption of it keeps a sample (default: {DedupConfig.scope})",
-    )
-    group.add_argument(
-        "--decontaminate",
-        metavar="EVAL_DIR_OR_SHARDS",
-        help="drop images near-duplicate to these evaluation images: folders, files, globs or "
-        ".tar shards, comma-separated",
+        f"'none' switches dedup off (default: {defaults})",
     )
 
 
 def config_from_args(args: argparse.Namespace) -> DedupConfig | None:
     """The DedupConfig of parsed `args`; None when dedup and decontamination are both off."""
+    config = config_from_flags(args, DedupConfig, "dedup")
+    if args.dedup is None:
+        return config
     modes = {m.strip() for m in args.dedup.split(",") if m.strip()} - {"none"}
     unknown = modes - set(MODES)
     if unknown:
         raise ValueError(f"--dedup takes {', '.join(MODES)} or none, not {sorted(unknown)}")
-    if not modes and not args.decontaminate:
+    if not modes and not config.decontaminate:
         return None
-    return DedupConfig(
-        exact="exact" in modes,
-        near="near" in modes,
-        threshold=args.near_dup_threshold,
-        bands=args.near_dup_bands,
-        hash_name=args.near_dup_hash,
-        mirror=args.near_dup_mirror,
-        zoom=_zoom(args.near_dup_zoom),
-        colour_distance=_colour_distance(args.near_dup_colour_distance),
-        scope=args.dedup_scope,
-        decontaminate=args.decontaminate,
-    )
-
-
-def _zoom(text: str) -> tuple[float, ...]:
-    return () if text.strip().lower() == "none" else tuple(float(f) for f in text.split(","))
-
-
-def _colour_distance(text: str) -> float | None:
-    return None if text.strip().lower() == "none" else float(text)
+    return replace(config, exact="exact" in modes, near="near" in modes)
 
 
 DEDUP = Options("dedup", DedupConfig, "dedup and decontamination", add_arguments, config_from_args)

@@ -53,7 +53,7 @@ class ImageConfig:
         "help": f"comma-separated formats that may be opened, among {','.join(ALLOWED_FORMATS)}",
     })  # fmt: skip
     decode_budget: int | None = field(default=None, metadata={
-        "help": "pixels decoded at once per process (default: --max-pixels)"})  # fmt: skip
+        "help": "pixels decoded at once per process; none: --max-pixels"})  # fmt: skip
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(f.upper() for f in self.formats))

@@ -31,9 +31,10 @@ from pipeline.stats import CountFn
 
 @dataclass(frozen=True)
 class Options:
-    """A config on the command line: `PipelineConfig.stages[name]`, flags made from the fields
-    of `config_class` unless the owner parses its own (`add_flags` / `from_args`, for flags
-    that select rather than set, such as `--filters`). `from_args` may return None: off."""
+    """A config on the command line: `PipelineConfig.stages[name]`, one flag per field of
+    `config_class` (`config_flags`), in a `--help` group titled `title`. `add_flags(group)`
+    adds flags that select rather than set (`--filters`, `--dedup`); `from_args(args)` then
+    makes the config (default: from the fields' flags), None when it switches the stages off."""
 
     name: str
     config_class: type
