@@ -29,7 +29,7 @@ from pipeline import progress, runners
 from pipeline.config_flags import add_config_flags, config_from_flags
 from pipeline.console import CrawlBar, summary_table
 from pipeline.graph import PipelineConfig, build, prepare
-from pipeline.stages import options
+from pipeline.stages import options, stages
 
 # Runners that run the DoFns in this process, where the progress bar can hear them.
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner")
@@ -46,14 +46,18 @@ def stage_plugins(argv: list[str] | None) -> tuple[str, ...]:
 def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The run's flags, then each stage config's, made from the dataclasses (`config_flags`)
     unless the config parses its own; `argv` only names the plugin modules to include."""
+    plugins = stage_plugins(argv)
+    listed = "\n".join(f"  {s.name:<14} {s.doc}" for s in stages(plugins))
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        epilog=f"stages, in order (each on when its options say so):\n{listed}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(parser.add_argument_group("run"), PipelineConfig, "")
     parser.add_argument(
         "--verbose", action="store_true", help="log Beam's and openwit's INFO lines"
     )
-    for config in options(stage_plugins(argv)):
+    for config in options(plugins):
         group = parser.add_argument_group(config.title)
         add_config_flags(group, config.config_class, config.name)
         if config.add_flags is not None:

@@ -169,8 +169,9 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
         counts[stage.name] = pairs | f"{stage.name}_statuses" >> CountStatuses()
     counts[writer.name] = counts[curation[-1].name]  # the writer drops nothing
     order = [s.name for s in (*curation, writer)]
+    declared = {s.name: s.statuses for s in (*curation, writer)}
     ctx.stats["funnel"] = ctx.shared[ROWS] | "funnel" >> beam.Map(
-        lambda rows, **c: funnel_rows(order, rows, **c),
+        lambda rows, **c: funnel_rows(order, rows, c, declared),
         **{name: beam.pvalue.AsSingleton(c) for name, c in counts.items()},
     )
     written = pairs | writer.name >> writer.transform(writer.config(config.stages), ctx)

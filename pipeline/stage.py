@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ import apache_beam as beam
 from manifests.schema import OK
 from pipeline.config_flags import settings
 from pipeline.stats import CountFn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,21 +114,28 @@ class StageError(RuntimeError):
     """A stage changed the status of a pair it was given already dropped."""
 
 
-def funnel_rows(order: Sequence[str], input_rows: int, **counts: dict) -> list[dict]:
+def funnel_rows(
+    order: Sequence[str], input_rows: int, counts: dict, declared: dict | None = None
+) -> list[dict]:
     """Rows in, rows out and drops by status of each stage in `order`, from the status counts of
     every stage's output (`counts[name]`): a dropped pair keeps its status, so what a stage
-    added to a status's count is what it dropped with that status."""
+    added to a status's count is what it dropped with that status. A status a stage gave but
+    does not declare (`declared[name]`: its patterns) is logged."""
     rows, before, previous = [], {}, input_rows
     for name in order:
         after = counts[name]
-        dropped = {s: n - before.get(s, 0) for s, n in sorted(after.items()) if s != OK}
         changed = {s: n for s, n in before.items() if s != OK and after.get(s, 0) < n}
         if changed:
             raise StageError(f"stage {name} changed statuses of dropped pairs: {changed}")
-        kept = after.get(OK, 0)
-        rows.append({"stage": name, "rows_in": previous, "rows_out": kept,
-                     "dropped": {s: n for s, n in dropped.items() if n}})  # fmt: skip
-        before, previous = after, kept
+        dropped = {s: n - before.get(s, 0) for s, n in sorted(after.items()) if s != OK}
+        dropped = {s: n for s, n in dropped.items() if n}
+        patterns = (declared or {}).get(name)
+        for status in dropped if patterns is not None else ():
+            if not any(fnmatch.fnmatchcase(status, p) for p in patterns):
+                log.warning("stage %s gave status %s, which it does not declare", name, status)
+        rows.append({"stage": name, "rows_in": previous, "rows_out": after.get(OK, 0),
+                     "dropped": dropped})  # fmt: skip
+        before, previous = after, after.get(OK, 0)
     return rows
 
 

@@ -54,6 +54,7 @@ STAGE = register(
         _transform,
         statuses=(BLOCKED,),
         crawl_key=whole,  # it decides which pairs are downloaded
+        doc="captions with a blocked word, before the download",
     ),
     after="dedup_url",
 )

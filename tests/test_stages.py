@@ -62,6 +62,7 @@ def test_a_plugin_stage_has_its_flags_in_help(capsys):
         beam_runner.run([*PLUGIN, "--help"])
     text = capsys.readouterr().out
     assert "--blocked-words" in text and "captions holding one of these words" in text
+    assert "block_words" in text.split("stages, in order")[1]  # in the list --help prints
     assert "--blocked-words" not in beam_runner.make_parser([]).format_help()
 
 
@@ -125,10 +126,13 @@ def test_every_manifest_status_is_counted_under_the_stage_that_gave_it(run_all):
     assert stage_of["error:missing_url"] == "read" and stage_of["error:http_404"] == "crawl"
 
 
-def test_funnel_rows_refuse_a_stage_that_revives_dropped_pairs():
+def test_funnel_rows_refuse_a_stage_that_revives_dropped_pairs(caplog):
     counts = {"a": {"ok": 3, "error:x": 1}, "b": {"ok": 4}}
     with pytest.raises(StageError, match="stage b"):
-        funnel_rows(["a", "b"], 4, **counts)
+        funnel_rows(["a", "b"], 4, counts)
+    rows = funnel_rows(["a"], 4, counts, {"a": ("filtered:*",)})
+    assert rows == [{"stage": "a", "rows_in": 4, "rows_out": 3, "dropped": {"error:x": 1}}]
+    assert "stage a gave status error:x, which it does not declare" in caplog.text
 
 
 def test_build_deletes_nothing_and_prepare_clears_a_killed_runs_staging(tmp_path, server, corpus):
