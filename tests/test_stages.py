@@ -148,3 +148,20 @@ def test_build_deletes_nothing_and_prepare_clears_a_killed_runs_staging(tmp_path
     assert (staging / "00000.tar").exists() and cache.exists()
     graph.prepare(config)
     assert not (tmp_path / "out" / graph.STAGING).exists() and not cache.exists()
+
+
+def test_the_funnel_agrees_with_each_stages_own_counts(run_all):
+    """Two counts made apart: the graph's, per status on each stage's output, and the stage's
+    own stats; where statuses overlap (dup:exact from both dedups) they still split right."""
+    _, _, stats = run_all
+    dropped = {row["stage"]: row["dropped"] for row in stats["funnel"]}
+    assert dropped["dedup_url"] == {"dup:exact": stats["dedup_url"]["duplicates"]} != {}
+    assert dropped["dedup_image"].get("dup:exact", 0) == stats["dedup_image"]["dup:exact"]
+    assert dropped["dedup_image"].get("dup:near", 0) == stats["dedup_image"]["dup:near"]
+    text = stats["filters_text"]
+    assert sum(dropped["filters_text"].values()) == text["ok_in"] - text["ok_out"] > 0
+    assert dropped["balance_match"].get("unmatched", 0) == stats["balance_match"]["unmatched"]
+    for name in ("balance_pre", "balance_final"):
+        assert dropped[name].get("balanced_out", 0) == stats[name]["balanced_out"]
+    crawl = stats["crawl"]["status_counts"]
+    assert dropped["crawl"] == {s: n for s, n in crawl.items() if s != "ok"}
