@@ -88,10 +88,19 @@ def crawl_output(recipe: dict) -> str:
     return recipe.get("crawl_output") or str(Path(recipe["output"]) / "crawl")
 
 
+def crawl_argv(recipe: dict) -> list[str]:
+    """beam_runner's arguments for the crawl section; an option that no stage of the list (nor
+    the run) takes is an error here, before any step runs, not a flag Beam would ignore."""
+    argv = ["--output", crawl_output(recipe), *as_flags(recipe["crawl"])]
+    _, unknown = beam_runner.make_parser(argv).parse_known_args(argv)
+    if unknown:
+        raise ValueError(f"crawl: no stage takes {' '.join(unknown)} (beam_runner.py --help)")
+    return argv + [f"--{k}={v}" for k, v in (recipe.get("runner") or {}).items()]
+
+
 def crawl(recipe: dict) -> str:
     out = crawl_output(recipe)
-    argv = ["--output", out, *as_flags(recipe["crawl"])]
-    argv += [f"--{k}={v}" for k, v in (recipe.get("runner") or {}).items()]
+    argv = crawl_argv(recipe)
     log.info("crawl: beam_runner %s", shlex.join(argv))
     if beam_runner.run(argv) is None:
         log.info("crawl: %s is already complete", out)
@@ -167,6 +176,7 @@ def run(path: str, only: tuple[str, ...] = STEPS, overrides: list[str] = ()) -> 
     """Run the recipe's steps in order; returns what each produced."""
     recipe = load_recipe(path, overrides)
     runners.check((recipe.get("runner") or {}).get("runner"))  # before any step runs
+    crawl_argv(recipe)
     out = Path(recipe["output"])
     done: dict = {}
     if "crawl" in only:

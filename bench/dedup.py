@@ -54,8 +54,9 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 
 from demo.photos import photo  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
-from pipeline.dedup import DedupConfig, ImageDedup  # noqa: E402
+from pipeline.dedup import DedupConfig  # noqa: E402
 from pipeline.dedup_groups import DUP_EXACT, DUP_NEAR  # noqa: E402
+from pipeline.dedup_image import ImageDedup  # noqa: E402
 from pipeline.imaging import ImageConfig, process_image, to_rgb  # noqa: E402
 
 CLIPART = Path("/usr/share/openclipart/png")

@@ -7,6 +7,11 @@ records what it learned (the lang filter records the language). `register` makes
 selectable by name; nothing else is needed, which is how users add their own, from any module
 (datatrove's filter interface, without the base class).
 
+A filter that judges pairs in batches (a model) or on the whole run (a top fraction) registers
+its batched method instead, as datatrove's `filter_batch`: `register_batched` on
+`make(config) -> PTransform`, pairs in, {"pairs", "stats"} out, every pair out once. Batched
+filters run after the image dedup, so a model sees each picture once.
+
 Configured filters travel through the pipeline as `FilterStep`s that name their module, not the
 function object: the step pickles to any runner and hashes to the same run fingerprint, and a
 worker imports the module, which registers the filter there too.
@@ -21,8 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["text", "image"]
-KINDS: tuple[str, ...] = ("text", "image")
+Kind = Literal["text", "image", "batch"]
+KINDS: tuple[str, ...] = ("text", "image", "batch")
 _REASON = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -96,6 +101,11 @@ def register(
     return decorate
 
 
+def register_batched(name: str, config_class: type) -> Callable[[Callable], Callable]:
+    """Decorator: register `make(config) -> PTransform` as the batched filter `name`."""
+    return register(name, "batch", config_class)
+
+
 def get(name: str) -> FilterDef:
     _load_builtins()
     try:
@@ -126,5 +136,5 @@ def is_reason(text: object) -> bool:
 
 
 def _load_builtins() -> None:
-    for module in ("filters.lang", "filters.caption", "filters.image"):
+    for module in ("filters.lang", "filters.caption", "filters.image", "filters.score"):
         importlib.import_module(module)

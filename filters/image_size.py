@@ -5,15 +5,17 @@ Judged on the original (oriented) size from the image header, before any pixel i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NAME = "image"
 
 
 @dataclass(frozen=True)
 class ImageSizeConfig:
-    min_image_size: int = 0  # shorter side, pixels; 0 keeps all
-    max_aspect_ratio: float = 0.0  # longer side / shorter side; 0 keeps all
+    min_image_size: int = field(default=0, metadata={"help": "shorter side, px; 0 keeps all"})
+    max_aspect_ratio: float = field(
+        default=0.0, metadata={"help": "longer side / shorter side; 0 keeps all"}
+    )
 
 
 def check_image_size(width: int, height: int, config: ImageSizeConfig) -> str | None:

@@ -28,17 +28,15 @@ from typing import Any
 import yaml
 
 from filters.base import FilterStep, get, registered, step
-from filters.score import SCORE, ScoreConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FiltersConfig:
-    """The configured filters: text and image chains in `--filters` order, and the score filter."""
+    """The configured filters in `--filters` order; each stage takes the ones of its kind."""
 
-    steps: tuple[FilterStep, ...] = ()
-    score: ScoreConfig | None = None
+    steps: tuple[FilterStep, ...] = dataclasses.field(default=(), metadata={"cli": False})
 
     @property
     def text(self) -> tuple[FilterStep, ...]:
@@ -47,6 +45,10 @@ class FiltersConfig:
     @property
     def image(self) -> tuple[FilterStep, ...]:
         return tuple(s for s in self.steps if s.kind == "image")
+
+    @property
+    def batch(self) -> tuple[FilterStep, ...]:
+        return tuple(s for s in self.steps if s.kind == "batch")
 
 
 def _dest(name: str, field_name: str) -> str:
@@ -58,12 +60,11 @@ def _flag(field: dataclasses.Field) -> str:
 
 
 def _configurable() -> dict[str, type]:
-    return {**{n: d.config_class for n, d in registered().items()}, SCORE: ScoreConfig}
+    return {n: d.config_class for n, d in registered().items()}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `filters` argument group: selection, YAML, plugins, and every filter's fields."""
-    group = parser.add_argument_group("filters")
+def add_arguments(group) -> None:
+    """Add to `group` the filters' flags: selection, YAML, plugins, and every filter's fields."""
     names = ", ".join(sorted(_configurable()))
     group.add_argument(
         "--filters", help=f"comma-separated filters, in order, from: {names} (default: none)"
@@ -100,6 +101,8 @@ def coerce(value: Any, hint: Any) -> Any:
             return None
         return coerce(value, options[0])
     if typing.get_origin(hint) is tuple:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return ()
         items = value.split(",") if isinstance(value, str) else list(value)
         item_type = typing.get_args(hint)[0]
         return tuple(
@@ -163,10 +166,5 @@ def config_from_args(args: argparse.Namespace) -> FiltersConfig | None:
         raise ValueError(f"a filter is selected twice: {names}")
     for name in sorted(set(options) - set(names)):
         log.warning("options of filter %r are ignored: it is not in --filters", name)
-    steps, score = [], None
-    for name in names:
-        if name == SCORE:
-            score = build_config(ScoreConfig, options.get(SCORE, {}))
-        else:
-            steps.append(step(name, build_config(get(name).config_class, options.get(name, {}))))
-    return FiltersConfig(tuple(steps), score)
+    steps = [step(n, build_config(get(n).config_class, options.get(n, {}))) for n in names]
+    return FiltersConfig(tuple(steps))

@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from filters.base import register_batched
 from manifests.schema import Pair
 
 SCORE = "score"
@@ -42,6 +43,14 @@ class ScoreConfig:
             raise ValueError("--keep-top-fraction must be in (0, 1]")
         if self.score_batch_size < 1:
             raise ValueError("--score-batch-size must be positive")
+
+
+@register_batched(SCORE, ScoreConfig)
+def score_filter(config: ScoreConfig):
+    """Keep pairs whose image and caption agree under a CLIP checkpoint (cosine score)."""
+    from pipeline.filtering import ScoreFilter  # Beam and torch only when the filter runs
+
+    return ScoreFilter(config)
 
 
 def quantise(score: float) -> int:

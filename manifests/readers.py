@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import pyarrow.parquet as pq
@@ -39,9 +39,11 @@ _EXTENSION_ALIASES = {"json": "jsonl", "ndjson": "jsonl"}
 class InputSpec:
     """How to read the input lists: format (None: from each file's extension) and columns."""
 
-    input_format: str | None = None
-    url_col: str = "url"
-    caption_col: str = "caption"
+    input_format: str | None = field(
+        default=None, metadata={"choices": FORMATS, "help": "none: from each file's extension"}
+    )
+    url_col: str = field(default="url", metadata={"help": "column holding the URL"})
+    caption_col: str = field(default="caption", metadata={"help": "column holding the caption"})
 
 
 @dataclass(frozen=True)

@@ -28,53 +28,18 @@ from manifests.query_counts import PLOT as QUERY_PLOT
 
 log = logging.getLogger(__name__)
 MAX_MEMBER_BYTES = 64 << 20  # the sample grid's cap on a tar member (images are far smaller)
-READ_ERRORS = {"error:missing_url", "error:bad_row", "error:bad_encoding", "error:unreadable_input"}
-STAGES = (  # (stage, how to tell its drops) in pipeline order
-    ("read", "input rows that could not be read"),
-    ("text filters", "filtered:* by a text filter"),
-    ("URL dedup", "repeated URLs (dup:exact before download)"),
-    ("query match", "unmatched"),
-    ("balance before download", "balanced_out with headroom"),
-    ("crawl", "error:* while downloading or decoding"),
-    ("image filters", "filtered:image*"),
-    ("image dedup", "dup:exact (pixels), dup:near, contaminated"),
-    ("score filter", "filtered:score:*"),
-    ("final balance", "balanced_out with t"),
-)
 
 
 def funnel(stats: dict) -> list[dict]:
-    """Rows in, dropped and left per stage; the drops add up to input_rows minus samples kept."""
-    counts = stats["status_counts"]
-    by_prefix = Counter()
-    for status, count in counts.items():
-        if status in READ_ERRORS:
-            by_prefix["read"] += count
-        elif status.startswith("error:"):
-            by_prefix["crawl"] += count
-        elif status.startswith("filtered:score"):
-            by_prefix["score filter"] += count
-        elif status.startswith("filtered:image"):
-            by_prefix["image filters"] += count
-        elif status.startswith("filtered:"):
-            by_prefix["text filters"] += count
-        elif status == "unmatched":
-            by_prefix["query match"] += count
-        elif status in ("dup:near", "contaminated"):
-            by_prefix["image dedup"] += count
-    url_dups = stats.get("dedup_url", {}).get("duplicates", 0)
-    by_prefix["URL dedup"] = url_dups
-    by_prefix["image dedup"] += counts.get("dup:exact", 0) - url_dups
-    pre = stats.get("balance_pre", {}).get("balanced_out", 0)
-    by_prefix["balance before download"] = pre
-    by_prefix["final balance"] = counts.get("balanced_out", 0) - pre
-    rows, left = [], stats["input_rows"]
-    for stage, meaning in STAGES:
-        dropped = by_prefix.get(stage, 0)
-        rows.append({"stage": stage, "in": left, "dropped": dropped, "out": left - dropped,
-                     "meaning": meaning})  # fmt: skip
-        left -= dropped
-    return rows
+    """Per stage, in the pipeline's order: rows in, rows out and the drops by status, as the
+    graph counted them on each stage's output (stats.json's `funnel`; none in older outputs)."""
+    return stats.get("funnel", [])
+
+
+def _funnel_table(rows: list[dict]) -> list[dict]:
+    return [{"stage": r["stage"], "in": r["rows_in"], "out": r["rows_out"],
+             "dropped": ", ".join(f"{s} {n:,}" for s, n in r["dropped"].items()) or "-"}
+            for r in rows]  # fmt: skip
 
 
 def host_rows(stats: dict) -> list[dict]:
@@ -125,7 +90,8 @@ def plots(stats: dict, manifest: list[dict]) -> dict[str, bytes]:
     rows = funnel(stats)
     figure, axes = plt.subplots(figsize=(7, 3.6))
     labels = ["input", *(r["stage"] for r in rows)]
-    axes.barh(labels[::-1], [stats["input_rows"], *(r["out"] for r in rows)][::-1], color="#4a7")
+    left = [stats["input_rows"], *(r["rows_out"] for r in rows)]
+    axes.barh(labels[::-1], left[::-1], color="#4a7")
     axes.set_xlabel("rows left after the stage")
     axes.set_title("Funnel")
     out["funnel.png"] = _png(figure)
@@ -243,7 +209,7 @@ def build_report(output: Path, train: Path | None = None, html_path: Path | None
     sections = [
         f"<h1>openwit report</h1><p>{stats['input_rows']:,} input rows, {kept:,} kept "
         f"({kept / max(stats['input_rows'], 1):.1%}) in {len(stats.get('shards', []))} shards.</p>",
-        "<h2>Funnel</h2>" + '<img src="report_files/funnel.png">' + _table(funnel(stats)),
+        "<h2>Funnel</h2>" + '<img src="report_files/funnel.png">' + _table(_funnel_table(funnel(stats))),
         "<h2>Status counts</h2>" + _table(status_rows),
         "<h2>Crawl per host</h2>" + _hosts_section(stats),
         "<h2>Captions</h2>" + '<img src="report_files/caption_lengths.png">'

@@ -21,9 +21,13 @@ from dataclasses import dataclass, replace
 import apache_beam as beam
 import numpy as np
 
+from manifests import query_counts
+from manifests.io import join
 from manifests.query_list import load_queries
 from manifests.schema import Pair
+from pipeline.config_flags import config_from_flags, option
 from pipeline.matching import QueryMatcher, TokenMatcher
+from pipeline.stage import Options, Stage, whole
 from pipeline.stats import CountEvents
 
 UNMATCHED = "unmatched"
@@ -34,13 +38,21 @@ MATCHERS = {"tokens": TokenMatcher, "aho-corasick": QueryMatcher}  # same result
 
 @dataclass(frozen=True)
 class BalanceConfig:
-    queries: str  # a query list: one a line (or the builder's TSV), or MetaCLIP's metadata.json
-    max_per_query: int = 20_000  # t: the most pairs any one query keeps
-    seed: int = 0
-    headroom: float = 2.0  # h: the pass before download keeps t x h per query; 0 skips it
-    keep_unmatched: bool = False  # keep pairs that match no query (WIT's construction drops them)
-    fold_case: bool = False  # match case-insensitively (MetaCLIP's rule is case-sensitive)
-    matcher: str = "tokens"  # "tokens" (numpy n-gram lookup) or "aho-corasick" (pyahocorasick)
+    queries: str = option("", "query list that turns balancing on: one query a line (or `python "
+                          "-m manifests.queries build` output) or MetaCLIP's metadata.json",
+                          metavar="PATH")  # fmt: skip
+    max_per_query: int = option(20_000, "t: the most pairs any query keeps")
+    seed: int = option(0, flag="--balance-seed")
+    headroom: float = option(2.0, "h: before download keep t x h per query, so failures and "
+                             "duplicates do not starve the tail; 0 balances only after download",
+                             flag="--prebalance-headroom")  # fmt: skip
+    keep_unmatched: bool = option(False, "keep pairs whose caption matches no query (default: "
+                                  "status unmatched, as WIT's construction)")  # fmt: skip
+    fold_case: bool = option(False, "match captions to queries case-insensitively (default: "
+                             "case-sensitive, as MetaCLIP)", flag="--match-ignore-case")  # fmt: skip
+    matcher: str = option("tokens", "how captions are matched; both give MetaCLIP's matches, "
+                          "tokens (numpy n-gram lookup) is faster than aho-corasick",
+                          flag="--query-matcher", choices=sorted(MATCHERS))  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.matcher not in MATCHERS:
@@ -212,56 +224,77 @@ class Balance(beam.PTransform):
         return {"pairs": selected, "stats": stats, "counts": both}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("query balancing (CLIP / MetaCLIP)")
-    group.add_argument(
-        "--queries",
-        metavar="PATH",
-        help="query list that turns balancing on: one query a line (or `python -m manifests.queries "
-        "build` output) or MetaCLIP's metadata.json",
-    )
-    group.add_argument(
-        "--max-per-query",
-        type=int,
-        default=BalanceConfig.max_per_query,
-        help=f"t: the most pairs any query keeps (default: {BalanceConfig.max_per_query})",
-    )
-    group.add_argument("--balance-seed", type=int, default=BalanceConfig.seed)
-    group.add_argument(
-        "--prebalance-headroom",
-        type=float,
-        default=BalanceConfig.headroom,
-        help="h: before download keep t x h per query, so failures and duplicates do not starve "
-        f"the tail; 0 balances only after download (default: {BalanceConfig.headroom})",
-    )
-    group.add_argument(
-        "--keep-unmatched",
-        action="store_true",
-        help="keep pairs whose caption matches no query (default: status unmatched)",
-    )
-    group.add_argument(
-        "--match-ignore-case",
-        action="store_true",
-        help="match captions to queries case-insensitively (default: case-sensitive, as MetaCLIP)",
-    )
-    group.add_argument(
-        "--query-matcher",
-        choices=sorted(MATCHERS),
-        default=BalanceConfig.matcher,
-        help="how captions are matched; both give MetaCLIP's matches, tokens is faster "
-        f"(default: {BalanceConfig.matcher})",
-    )
-
-
 def config_from_args(args: argparse.Namespace) -> BalanceConfig | None:
-    if not args.queries:
-        return None
-    return BalanceConfig(
-        queries=args.queries,
-        max_per_query=args.max_per_query,
-        seed=args.balance_seed,
-        headroom=args.prebalance_headroom,
-        keep_unmatched=args.keep_unmatched,
-        fold_case=args.match_ignore_case,
-        matcher=args.query_matcher,
+    """The flags' config; None (balancing off) without `--queries`."""
+    config = config_from_flags(args, BalanceConfig, "balance")
+    return config if config.queries else None
+
+
+def _query_count(config: BalanceConfig, ctx) -> int:
+    """The list's size, read once while the graph is wired: a bad list fails before the run."""
+    if "queries" not in ctx.shared:
+        ctx.shared["queries"] = len(load_queries(config.queries))
+    return ctx.shared["queries"]
+
+
+def _match(config: BalanceConfig, ctx) -> MatchQueries:
+    _query_count(config, ctx)
+    return MatchQueries(config)
+
+
+def _prebalance(config: BalanceConfig, ctx) -> Balance:
+    limit = config.max_per_query * config.headroom
+    return Balance(config, _query_count(config, ctx), limit, "pre")
+
+
+def _keep_counts(out: dict, config: BalanceConfig, ctx) -> None:
+    ctx.shared["balance_before"] = out["counts"]
+
+
+def write_query_counts(final: tuple, before: tuple | None, config: BalanceConfig, folder: str):
+    """balance/: per-query counts at each pass (the pool, after the prebalance, final)."""
+    final_in, final_kept = final
+    pool, after_pre = before if before is not None else (final_in, final_in)
+    columns = {"pool": pool, "after_prebalance": after_pre, "final_in": final_in}
+    columns["final_kept"] = final_kept
+    query_counts.write(folder, load_queries(config.queries), columns, config.max_per_query)
+
+
+def _write_counts(out: dict, config: BalanceConfig, ctx) -> None:
+    before = ctx.shared.get("balance_before")
+    before = beam.pvalue.AsSingleton(before) if before is not None else None
+    folder = join(ctx.staging, "balance")
+    ctx.sinks.append(
+        out["counts"] | "WriteQueryCounts" >> beam.Map(write_query_counts, before, config, folder)
     )
+
+
+BALANCE = Options(
+    "balance", BalanceConfig, "query balancing (CLIP / MetaCLIP)", from_args=config_from_args
+)
+MATCH_STAGE = Stage(
+    "balance_match",
+    BALANCE,
+    _match,
+    statuses=(UNMATCHED,),
+    crawl_key=whole,
+    doc="match captions against the query list",
+)
+PRE_STAGE = Stage(
+    "balance_pre",
+    BALANCE,
+    _prebalance,
+    statuses=(BALANCED_OUT,),
+    enabled=lambda config: config is not None and bool(config.headroom),
+    crawl_key=whole,
+    collect=_keep_counts,
+    doc="balance with headroom before the download",
+)
+FINAL_STAGE = Stage(
+    "balance_final",
+    BALANCE,
+    lambda config, ctx: Balance(config, _query_count(config, ctx), config.max_per_query, "final"),
+    statuses=(BALANCED_OUT,),
+    collect=_write_counts,
+    doc="balance to t per query after curation",
+)

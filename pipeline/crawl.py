@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -33,6 +33,7 @@ from pipeline.host_stats import HostStats
 from pipeline.imaging import ImageConfig
 from pipeline.netguard import UrlRefused, split_url
 from pipeline.shuffle import MeteredGroupByKey
+from pipeline.stage import Options, Stage, whole
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,26 @@ class CrawlConfig:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     image: ImageConfig = field(default_factory=ImageConfig)
     size_filter: ImageSizeConfig = field(default_factory=ImageSizeConfig)
-    threads: int = 0  # downloads in flight per worker; 0: `default_threads()`
-    decode_processes: int = 0  # 0: one per core; -1: decode on threads in the worker itself
-    batch_rows: int = 1000
-    cache_folder: str | None = None  # the image store and resume cache; None: images inline
-    hashing: HashSpec | None = None  # the image dedup's hashes, made while decoding
+    threads: int = field(
+        default=0,
+        metadata={
+            "speed_only": True,
+            "help": "downloads in flight per worker process (0: 128 per core, at most 1024)",
+        },
+    )
+    decode_processes: int = field(
+        default=0,
+        metadata={
+            "speed_only": True,
+            "help": "decoding processes per worker (0: one per core; -1: threads in the worker)",
+        },
+    )
+    batch_rows: int = field(
+        default=1000, metadata={"help": "input rows per crawl batch (resume unit)"}
+    )
+    # the image store and resume cache, set by the graph; None: images stay inline
+    cache_folder: str | None = field(default=None, metadata={"cli": False})
+    hashing: HashSpec | None = field(default=None, metadata={"cli": False})  # the dedup's hashes
 
 
 def check_url(pair: Pair) -> Pair:
@@ -250,3 +266,22 @@ def _checked(pair: Pair) -> Pair:
     if not pair.is_ok:
         progress.done(pair.status)
     return pair
+
+
+def _crawl(config: CrawlConfig, ctx) -> Crawl:
+    """The crawl, saving batches to this run's cache and making the image dedup's hashes."""
+    dedup = ctx.options("dedup")
+    hashing = dedup.crawl_hashes if dedup else None  # results, not settings: not fingerprinted
+    return Crawl(replace(config, cache_folder=ctx.cache_folder, hashing=hashing))
+
+
+CRAWL = Options("crawl", CrawlConfig, "crawl: downloading and images", required=True)
+STAGE = Stage(
+    "crawl",
+    CRAWL,
+    _crawl,
+    statuses=("error:*", "filtered:image:*"),  # the size filter judges the image's header
+    enabled=lambda config: True,
+    crawl_key=whole,
+    doc="download, decode, resize",
+)

@@ -16,7 +16,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 import urllib3
@@ -43,6 +43,7 @@ from pipeline.robots import RobotsCache
 log = logging.getLogger(__name__)
 
 USER_AGENT = "openwit/0.1 (CLIP corpus builder; +https://github.com/openwit/openwit)"
+ALL_ADDRESSES = ("0.0.0.0/0", "::/0")  # `--allow-private-addresses`: every network
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NON_IMAGE_TYPE = re.compile(r"^(text/|application/(json|xml|xhtml|javascript|pdf))", re.I)
@@ -62,21 +63,34 @@ class FetchError(Exception):
 class FetchPolicy:
     """How to fetch: timeouts, retries, size cap, identity and the SSRF guard's exceptions."""
 
-    timeout: float = 10.0
-    deadline: float = 60.0
-    retries: int = 2
-    backoff: float = 0.5
-    max_retry_after: float = 30.0
-    max_bytes: int = 20 * 1024 * 1024
+    timeout: float = field(default=10.0, metadata={"help": "connect/read timeout, s"})
+    deadline: float = field(default=60.0, metadata={"help": "whole fetch per URL, s"})
+    retries: int = field(default=2, metadata={"help": "retries of a timeout, 429 or 5xx"})
+    backoff: float = field(default=0.5, metadata={"help": "first wait between retries, s"})
+    max_retry_after: float = field(default=30.0, metadata={"help": "longest Retry-After, s"})
+    max_bytes: int = field(default=20 * 1024 * 1024, metadata={"help": "largest body, bytes"})
     max_redirects: int = 5
     per_host_connections: int = 2
     user_agent: str = USER_AGENT
-    honor_opt_out: bool = True
-    respect_robots_txt: bool = True
-    robots_timeout: float = 5.0
-    per_host_delay: float = 0.0
-    host_failures: int = 3  # connection failures in a row that give a host up (0: never)
-    allowed_networks: tuple[str, ...] = ()
+    honor_opt_out: bool = field(default=True, metadata={
+        "flag": "--ignore-opt-out-headers",
+        "help": "do not honour X-Robots-Tag noai/noimageai/noindex/noimageindex (own corpora only)",
+    })  # fmt: skip
+    respect_robots_txt: bool = field(default=True, metadata={
+        "flag": "--ignore-robots-txt",
+        "help": "do not fetch or honour robots.txt (only for corpora you own)",
+    })  # fmt: skip
+    robots_timeout: float = field(default=5.0, metadata={"help": "robots.txt fetch, s"})
+    per_host_delay: float = field(default=0.0, metadata={"help": "seconds between requests"})
+    host_failures: int = field(
+        default=3,
+        metadata={"help": "give a host up after this many connection failures in a row (0: never)"},
+    )
+    allowed_networks: tuple[str, ...] = field(default=(), metadata={
+        "help": "comma-separated CIDRs allowed although not public, e.g. 127.0.0.0/8",
+        "alias": ("--allow-private-addresses", ALL_ADDRESSES,
+                  "allow loopback and private addresses (local corpora and tests); off by default"),
+    })  # fmt: skip
 
 
 class Retryable(Exception):

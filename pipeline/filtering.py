@@ -1,4 +1,5 @@
-"""Filter stages: a chain of registered filters (`ApplyFilters`) and the model score (`ScoreFilter`).
+"""Filter stages: chains of registered filters (`ApplyFilters`) and the batched ones
+(`BatchFilters`: the model score, `ScoreFilter`).
 
 Every pair comes out once: kept ones unchanged but for what a filter recorded (the language),
 dropped ones with `filtered:<filter>:<reason>`, pairs dropped earlier untouched. A filter that
@@ -32,11 +33,11 @@ from filters.score import (
     top_fraction_threshold,
 )
 from manifests.schema import MANIFEST_SCHEMA, Pair, error, filtered
+from pipeline.config_flags import settings
 from pipeline.crawl import batch_of
 from pipeline.image_store import STORE_ERROR, ImageReader, with_image, without_image
 from pipeline.shuffle import MeteredGroupByKey
-
-__all__ = ["ApplyFilters", "FiltersConfig", "ScoreFilter", "add_arguments", "config_from_args"]
+from pipeline.stage import Options, Stage
 
 log = logging.getLogger(__name__)
 PASSED = "passed_through"  # arrived with a non-ok status
@@ -320,3 +321,60 @@ class ScoreFilter(beam.PTransform):
             threshold=beam.pvalue.AsSingleton(threshold),
         )
         return {"pairs": out, "stats": stats}
+
+
+class BatchFilters(beam.PTransform):
+    """Pairs through each batched filter's transform in `--filters` order; `stats` holds each
+    one's stats under its name."""
+
+    def __init__(self, steps: Sequence[FilterStep]):
+        super().__init__()
+        self._steps = tuple(steps)
+
+    def expand(self, pairs):
+        stats = {}
+        for step in self._steps:
+            out = pairs | step.name >> step.resolve().check(step.config)
+            pairs, stats[step.name] = out["pairs"], out["stats"]
+        first, *others = self._steps
+        merged = stats[first.name] | "Stats" >> beam.Map(
+            lambda own, **rest: {first.name: own, **rest},
+            **{s.name: beam.pvalue.AsSingleton(stats[s.name]) for s in others},
+        )
+        return {"pairs": pairs, "stats": merged}
+
+
+FILTERS = Options("filters", FiltersConfig, "filters", add_arguments, config_from_args)
+
+
+def _of_kind(config: FiltersConfig | None, kind: str) -> tuple[FilterStep, ...]:
+    return tuple(s for s in config.steps if s.kind == kind) if config else ()
+
+
+def _chain_stage(kind: str, doc: str, **more) -> Stage:
+    """The stage of the per-pair filters of one kind, in `--filters` order."""
+    return Stage(
+        f"filters_{kind}",
+        FILTERS,
+        lambda config, ctx: ApplyFilters(_of_kind(config, kind)),
+        statuses=("filtered:*", "error:filter", error(STORE_ERROR)),
+        enabled=lambda config: bool(_of_kind(config, kind)),
+        doc=doc,
+        **more,
+    )
+
+
+TEXT_STAGE = _chain_stage(
+    "text",
+    "text filters on captions and URLs",
+    crawl_key=lambda config: [settings(step) for step in config.text],
+)
+IMAGE_STAGE = _chain_stage("image", "image filters on the decoded pictures")
+BATCH_STAGE = Stage(
+    "filters_batch",
+    FILTERS,
+    lambda config, ctx: BatchFilters(config.batch),
+    statuses=("filtered:*", "error:*"),
+    enabled=lambda config: bool(config and config.batch),
+    doc="batched filters (the model score)",
+)

@@ -1,93 +1,90 @@
-"""The pipeline graph: read -> text filters -> URL dedup -> query match + balance with headroom
--> crawl -> image filters -> image dedup -> score -> final balance -> shard.
+"""The pipeline graph: the stages of `pipeline.stages`, in order, from the read to the shards.
 
-Every pair flows on to the manifest; each curation stage hands its stats to stats.json.
+Every pair flows on to the manifest; each stage hands its stats to stats.json, and the graph
+counts each stage's output by status for the funnel (`stage.funnel_rows`).
 
-Reruns resume: finished crawl batches are cached under `OUTPUT/_crawl_cache/<fingerprint>/`
-and reused; a run whose `stats.json` already carries the same fingerprint is complete and is
-skipped. Both fingerprints hold each input's size and modification time, so an edited or
-appended input is a new run. Shards, manifest and stats are written anew each run (they
-depend on global counts) under `OUTPUT/_staging/`, and replace the previous run's only once
-all of them are complete; the cache is removed after that, unless asked to keep it.
+`build()` only builds: it checks the inputs and the output folder and wires the graph.
+`prepare()`, called at run time, removes what a killed run left half-written (and, without
+resume, the crawl cache). Reruns resume: finished crawl batches are cached under
+`OUTPUT/_crawl_cache/<fingerprint>/` and reused; a run whose `stats.json` already carries the
+same fingerprint is complete and is skipped. Both fingerprints hold each input's size and
+modification time, so an edited or appended input is a new run. Shards, manifest and stats
+are written anew each run (they depend on global counts) under `OUTPUT/_staging/`, and replace
+the previous run's only once all of them are complete; the cache is removed after that,
+unless asked to keep it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from filters.options import FiltersConfig
-from manifests import query_counts
-from manifests.io import (
-    ensure_writable_dir,
-    file_versions,
-    join,
-    match_files,
-    read_bytes,
-    write_atomic,
-)
-from manifests.query_list import load_queries
-from manifests.readers import InputSpec, check_columns
+from manifests.io import ensure_writable_dir, file_versions, join, match_files, read_bytes
+from manifests.readers import check_columns
 from manifests.schema import error
-from pipeline.balance import Balance, BalanceConfig, MatchQueries
-from pipeline.crawl import Crawl, CrawlConfig
+from pipeline.config_flags import settings
 from pipeline.crawl_cache import CrawlCache, fingerprint
-from pipeline.dedup import DedupConfig, ImageDedup, UrlDedup
-from pipeline.filtering import ApplyFilters, ScoreFilter
+from pipeline.dedup_image import EXAMPLES
 from pipeline.image_store import STORE_ERROR
-from pipeline.read import ROWS, ReadPairs
-from pipeline.shard import WriteShards
+from pipeline.read import ROWS
+from pipeline.stage import Context, CountStatuses, Stage, funnel_rows
+from pipeline.stages import options, stages
 
 log = logging.getLogger(__name__)
-DEDUP_EXAMPLES = "dedup_examples.parquet"  # thumbnails of a few near-duplicate groups
 STAGING = "_staging"  # where a run writes its outputs before they replace the previous ones
-OUTPUTS = ("shards", "manifest", "balance", DEDUP_EXAMPLES, "stats.json")  # stats.json last
+OUTPUTS = ("shards", "manifest", "balance", EXAMPLES, "stats.json")  # stats.json last
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    input: str
-    output: str
-    spec: InputSpec = field(default_factory=InputSpec)
-    crawl: CrawlConfig = field(default_factory=CrawlConfig)
-    samples_per_shard: int = 10_000
-    resume: bool = True
-    keep_crawl_cache: bool = False
-    filters: FiltersConfig | None = None
-    dedup: DedupConfig | None = field(default_factory=DedupConfig)
-    balance: BalanceConfig | None = None
+    """One run: where from, where to, and each stage's config (`stages`, by `Options.name`;
+    a config left out is off, or the default one for the stages that always run)."""
+
+    input: str = field(metadata={"help": "path, glob or comma-separated list"})
+    output: str = field(metadata={"help": "output folder (local, gs://, s3://)"})
+    resume: bool = field(default=True, metadata={
+        "flag": "--no-resume",
+        "help": "redo everything: ignore a finished output and the crawl cache of a killed run",
+    })  # fmt: skip
+    keep_crawl_cache: bool = field(
+        default=False, metadata={"help": "keep OUTPUT/_crawl_cache after success"}
+    )
+    plugins: tuple[str, ...] = field(default=(), metadata={
+        "flag": "--stage-plugins", "help": "comma-separated modules that add stages"})  # fmt: skip
+    stages: dict = field(default_factory=dict, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        required = {o.name: o.config_class() for o in options(self.plugins) if o.required}
+        object.__setattr__(self, "stages", {**required, **self.stages})
+
+    def running(self) -> list[Stage]:
+        """The stages this config switches on, in order."""
+        return [s for s in stages(self.plugins) if s.enabled(s.config(self.stages))]
 
 
 def run_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
     """Everything that determines the outputs (not how fast they are made), the inputs' sizes
     and modification times included: rows appended to a finished input make a new run."""
-    settings = dataclasses.asdict(config)
-    for speed_only in ("threads", "decode_processes"):
-        settings["crawl"].pop(speed_only)
-    return fingerprint({"inputs": file_versions(paths), **settings})
+    return fingerprint({"inputs": file_versions(paths), **settings(config)})
 
 
 def crawl_fingerprint(config: PipelineConfig, paths: list[str]) -> str:
     """Everything that determines crawl results, so a cached batch is never stale: the inputs'
-    versions, the crawl settings and the text stages before it, which decide which pairs are
-    downloaded at all."""
-    crawl = dataclasses.asdict(config.crawl)
-    for speed_only in ("threads", "decode_processes"):
-        crawl.pop(speed_only)
-    text = [dataclasses.asdict(step) for step in (config.filters or FiltersConfig()).text]
-    url_dedup = config.dedup.scope if config.dedup and config.dedup.exact else None
-    balance = dataclasses.asdict(config.balance) if config.balance else None
-    settings = {"spec": dataclasses.asdict(config.spec), "crawl": crawl, "text_filters": text}
-    inputs = file_versions(paths)
-    return fingerprint({"inputs": inputs, **settings, "url_dedup": url_dedup, "balance": balance})
+    versions and what each stage that decides the downloads says of its config (`crawl_key`)."""
+    keys = {
+        stage.name: stage.crawl_key(stage.config(config.stages))
+        for stage in config.running()
+        if stage.crawl_key is not None
+    }
+    return fingerprint({"inputs": file_versions(paths), **keys})
+
+
+def _cache_folder(config: PipelineConfig, paths: list[str]) -> str:
+    return join(config.output, "_crawl_cache", crawl_fingerprint(config, paths))
 
 
 def is_complete(output: str, run_id: str) -> bool:
@@ -135,122 +132,59 @@ def publish(staging: str, output: str) -> None:
     _remove(staging)
 
 
-class _Stages:
-    """Applies curation stages and collects the stats each returns for stats.json."""
-
-    def __init__(self) -> None:
-        self.stats: dict[str, beam.PCollection] = {}
-
-    def apply(self, pairs, label: str, transform: beam.PTransform, stats_key: str):
-        out = pairs | label >> transform
-        if "stats" in out:
-            self.stats[stats_key] = out["stats"]
-        return out["pairs"]
+def prepare(config: PipelineConfig) -> None:
+    """At run time, before the pipeline runs: remove what a killed run left half-written in the
+    staging folder and, when not resuming, the crawl cache. The previous run's outputs stay
+    until the new ones replace them (`publish`)."""
+    if not config.resume:
+        CrawlCache(_cache_folder(config, match_files(config.input))).delete()
+    _remove(join(config.output, STAGING))
 
 
-class _Balancer:
-    """The two balancing passes and the per-query count report they feed."""
-
-    def __init__(self, config: BalanceConfig, output: str):
-        self.config = config
-        self.folder = join(output, "balance")
-        self.size = len(load_queries(config.queries))  # a bad list fails before the run
-        self.before = None
-
-    def before_download(self, pairs, stages: _Stages):
-        pairs = stages.apply(pairs, "MatchQueries", MatchQueries(self.config), "balance_match")
-        if not self.config.headroom:
-            return pairs
-        limit = self.config.max_per_query * self.config.headroom
-        out = pairs | "PreBalance" >> Balance(self.config, self.size, limit, "pre")
-        stages.stats["balance_pre"], self.before = out["stats"], out["counts"]
-        return out["pairs"]
-
-    def after_curation(self, pairs, stages: _Stages, sinks: list):
-        config = self.config
-        out = pairs | "FinalBalance" >> Balance(config, self.size, config.max_per_query, "final")
-        stages.stats["balance_final"] = out["stats"]
-        before = beam.pvalue.AsSingleton(self.before) if self.before is not None else None
-        written = out["counts"] | "WriteQueryCounts" >> beam.Map(
-            _write_query_counts, before, config.queries, self.folder, config.max_per_query
-        )
-        sinks.append(written)
-        return out["pairs"]
-
-
-def _write_examples(rows: list[tuple], path: str) -> None:
-    names = ("group", "key", "status", "jpeg")
-    table = pa.table({name: [row[i] for row in sorted(rows)] for i, name in enumerate(names)})
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    write_atomic(path, sink.getvalue())
-
-
-def _write_query_counts(final: tuple, before: tuple | None, queries: str, folder: str, limit: int):
-    final_in, final_kept = final
-    pool, after_pre = before if before is not None else (final_in, final_in)
-    columns = {"pool": pool, "after_prebalance": after_pre, "final_in": final_in}
-    query_counts.write(folder, load_queries(queries), {**columns, "final_kept": final_kept}, limit)
+def _apply(stage: Stage, pairs, ctx: Context):
+    config = stage.config(ctx.config.stages)
+    out = pairs | stage.name >> stage.transform(config, ctx)
+    if "stats" in out:
+        ctx.stats[stage.name] = out["stats"]
+    if stage.collect is not None:
+        stage.collect(out, config, ctx)
+    return out["pairs"]
 
 
 def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection | None:
-    """Wire the stages onto `pipeline`; None when the output is already complete.
+    """Wire the stages onto `pipeline`; None when the output is already complete. Deletes
+    nothing (`prepare` does, at run time).
 
     Fails fast on missing inputs, a missing URL column or an unwritable output folder.
     """
     paths = match_files(config.input)
-    check_columns(paths[0], config.spec)
+    check_columns(paths[0], config.stages["input"])
     ensure_writable_dir(config.output)
     run_id = run_fingerprint(config, paths)
     if config.resume and is_complete(config.output, run_id):
         log.info("%s is already complete (fingerprint %s); nothing to do", config.output, run_id)
         return None
-    cache = CrawlCache(join(config.output, "_crawl_cache", crawl_fingerprint(config, paths)))
-    if not config.resume:
-        cache.delete()
     staging = join(config.output, STAGING)
-    _remove(staging)  # what a killed run left half-written
-
-    read = pipeline | "Read" >> ReadPairs(paths, config.spec)
-    pairs, input_rows = read["pairs"], read[ROWS]
-    sinks = []
-    stages = _Stages()
-    filters = config.filters or FiltersConfig()
-    if filters.text:
-        pairs = stages.apply(pairs, "TextFilters", ApplyFilters(filters.text), "filters_text")
-    dedup = config.dedup
-    if dedup and dedup.exact:
-        pairs = stages.apply(pairs, "UrlDedup", UrlDedup(dedup), "dedup_url")
-    balancer = _Balancer(config.balance, staging) if config.balance else None
-    if balancer:
-        pairs = balancer.before_download(pairs, stages)
-    hashing = dedup.crawl_hashes if dedup else None  # results, not settings: not fingerprinted
-    crawl = dataclasses.replace(config.crawl, cache_folder=cache.folder, hashing=hashing)
-    pairs = stages.apply(pairs, "Crawl", Crawl(crawl), "crawl")
-    if filters.image:
-        pairs = stages.apply(pairs, "ImageFilters", ApplyFilters(filters.image), "filters_image")
-    if dedup:
-        image_dedup = ImageDedup(dataclasses.replace(dedup, eval_image=config.crawl.image))
-        out = pairs | "ImageDedup" >> image_dedup
-        pairs, stages.stats["dedup_image"] = out["pairs"], out["stats"]
-        examples = join(staging, DEDUP_EXAMPLES)
-        sinks.append(
-            out["examples"]
-            | "CollectExamples" >> beam.combiners.ToList()
-            | "WriteExamples" >> beam.Map(_write_examples, examples)
-        )
-    if filters.score:
-        pairs = stages.apply(pairs, "ScoreFilter", ScoreFilter(filters.score), "score")
-    if balancer:
-        pairs = balancer.after_curation(pairs, stages, sinks)
-    extra = {"fingerprint": run_id, "inputs": paths, "config": dataclasses.asdict(config)}
-    stats = pairs | "Shard" >> WriteShards(
-        staging, config.samples_per_shard, input_rows, extra, stages.stats
+    ctx = Context(config, paths, staging, _cache_folder(config, paths))
+    ctx.shared["extra"] = {"fingerprint": run_id, "inputs": paths, "config": asdict(config)}
+    *curation, writer = config.running()
+    pairs, counts = pipeline, {}
+    for stage in curation:
+        pairs = _apply(stage, pairs, ctx)
+        counts[stage.name] = pairs | f"{stage.name}_statuses" >> CountStatuses()
+    counts[writer.name] = counts[curation[-1].name]  # the writer drops nothing
+    order = [s.name for s in (*curation, writer)]
+    declared = {s.name: s.statuses for s in (*curation, writer)}
+    ctx.stats["funnel"] = ctx.shared[ROWS] | "funnel" >> beam.Map(
+        lambda rows, **c: funnel_rows(order, rows, c, declared),
+        **{name: beam.pvalue.AsSingleton(c) for name, c in counts.items()},
     )
-    waits = [beam.pvalue.AsList(sink) for sink in sinks]  # the other writers must be done
-    published = stats | "Publish" >> beam.Map(
+    written = pairs | writer.name >> writer.transform(writer.config(config.stages), ctx)
+    waits = [beam.pvalue.AsList(sink) for sink in ctx.sinks]  # the other writers must be done
+    published = written | "Publish" >> beam.Map(
         lambda stats, *_: publish(staging, config.output) or stats, *waits
     )
     if not config.keep_crawl_cache:
+        cache = CrawlCache(ctx.cache_folder)
         published | "DropCrawlCache" >> beam.Map(lambda _: cache.delete())
     return published

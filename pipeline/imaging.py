@@ -22,7 +22,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps
 
@@ -44,14 +44,19 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class ImageConfig:
-    image_size: int = 256
-    resize_mode: str = "center_crop"
-    quality: int = 95
-    max_pixels: int = 100_000_000
-    formats: tuple[str, ...] = SAFE_FORMATS  # Pillow format names that may be opened
-    decode_budget: int | None = None  # pixels decoded at once per process; None: max_pixels
+    image_size: int = field(default=256, metadata={"help": "side of the stored image, px"})
+    resize_mode: str = field(default="center_crop", metadata={"choices": RESIZE_MODES})
+    quality: int = field(default=95, metadata={"flag": "--encode-quality", "help": "JPEG quality"})
+    max_pixels: int = field(default=100_000_000, metadata={"help": "bomb guard"})
+    formats: tuple[str, ...] = field(default=SAFE_FORMATS, metadata={
+        "flag": "--image-formats",
+        "help": f"comma-separated formats that may be opened, among {','.join(ALLOWED_FORMATS)}",
+    })  # fmt: skip
+    decode_budget: int | None = field(default=None, metadata={
+        "help": "pixels decoded at once per process; none: --max-pixels"})  # fmt: skip
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(f.upper() for f in self.formats))
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize mode {self.resize_mode!r} is not one of {RESIZE_MODES}")
         refused = set(self.formats) - set(ALLOWED_FORMATS)

@@ -11,6 +11,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from manifests.readers import InputSpec, ReadUnit, count_rows, plan_units, read_unit_safely
+from pipeline.stage import Options, Stage, whole
 
 ROWS = "input_rows"
 
@@ -52,3 +53,24 @@ class ReadPairs(beam.PTransform):
         )
         rows = out[ROWS] | "SumRows" >> beam.CombineGlobally(sum)
         return {"pairs": out.pairs, ROWS: rows}
+
+
+def _read(spec: InputSpec, ctx) -> ReadPairs:
+    return ReadPairs(ctx.paths, spec)
+
+
+def _keep_rows(out: dict, spec: InputSpec, ctx) -> None:
+    ctx.shared[ROWS] = out[ROWS]
+
+
+INPUT = Options("input", InputSpec, "input lists", required=True)
+STAGE = Stage(
+    "read",
+    INPUT,
+    _read,
+    statuses=("error:missing_url", "error:bad_row", "error:bad_encoding", "error:unreadable_input"),
+    enabled=lambda spec: True,
+    crawl_key=whole,
+    collect=_keep_rows,
+    doc="input rows into pairs; rows that cannot be read keep an error status",
+)

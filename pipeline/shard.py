@@ -20,7 +20,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -28,9 +28,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from manifests.io import atomic_file, join, write_atomic
-from manifests.schema import Pair, manifest_table
-from pipeline.image_store import ImageReader, with_image, without_image
+from manifests.schema import OK, Pair, error, manifest_table
+from pipeline.image_store import STORE_ERROR, ImageReader, with_image, without_image
+from pipeline.read import ROWS
 from pipeline.shuffle import MeteredGroupByKey
+from pipeline.stage import Options, Stage
 from pipeline.writers import write_samples
 
 
@@ -138,9 +140,22 @@ def check_conservation(merged: dict, input_rows: int) -> None:
         )
 
 
+def with_shard_losses(funnel: list[dict], status_counts: dict) -> list[dict]:
+    """The funnel with the shard row's own drops, which only the written manifest knows: images
+    lost from the store by the time their shard was written (`error:image_store`)."""
+    *earlier, last = funnel
+    seen: Counter = Counter()
+    for row in earlier:
+        seen.update(row["dropped"])
+    dropped = {s: n - seen[s] for s, n in status_counts.items() if s != OK and n > seen[s]}
+    return [*earlier, {**last, "rows_out": status_counts.get(OK, 0), "dropped": dropped}]
+
+
 def write_stats(merged: dict, input_rows: int, output: str, extra: dict, **stage_stats) -> dict:
     """stats.json, written only when the conservation check passes."""
     check_conservation(merged, input_rows)
+    if stage_stats.get("funnel"):
+        stage_stats["funnel"] = with_shard_losses(stage_stats["funnel"], merged["status_counts"])
     stats = {"input_rows": input_rows, **merged, **stage_stats, **extra}
     write_atomic(join(output, "stats.json"), json.dumps(stats, indent=2).encode("utf-8"))
     return stats
@@ -191,3 +206,24 @@ class WriteShards(beam.PTransform):
                 **{name: beam.pvalue.AsSingleton(pc) for name, pc in self._stage_stats.items()},
             )
         )
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    samples_per_shard: int = field(default=10_000, metadata={"help": "samples per .tar shard"})
+
+
+def _shard(config: ShardConfig, ctx) -> WriteShards:
+    rows = ctx.shared[ROWS]
+    return WriteShards(ctx.staging, config.samples_per_shard, rows, ctx.shared["extra"], ctx.stats)
+
+
+SHARD = Options("shard", ShardConfig, "shards", required=True)
+STAGE = Stage(
+    "shard",
+    SHARD,
+    _shard,
+    statuses=(error(STORE_ERROR),),  # an image lost from the store before its shard
+    enabled=lambda config: True,
+    doc="write every ok pair to a shard, every pair to the manifest, stats.json",
+)

@@ -23,14 +23,10 @@ from demo.server import CorpusServer
 from filters.image_size import ImageSizeConfig
 from manifests.schema import Pair
 from pipeline.decode import finish_pair
-from pipeline.dedup import (
-    DedupConfig,
-    ImageDedup,
-    UrlDedup,
-    add_arguments,
-    config_from_args,
-)
+from pipeline.dedup import DedupConfig, config_from_args
 from pipeline.dedup_groups import CONTAMINATED, DUP_EXACT, DUP_NEAR
+from pipeline.dedup_image import ImageDedup
+from pipeline.dedup_url import UrlDedup
 from pipeline.hashing import (
     Groups,
     band_keys,
@@ -202,9 +198,16 @@ def test_groups_do_not_depend_on_the_order_of_matches():
     assert results[0] == {"a": "k3", "b": "k3", "c": "k3", "d": "k3", "e": "k7", "f": "k7"}
 
 
+class _Parser:
+    """The real command line's dedup flags (`beam_runner.make_parser`)."""
+
+    def parse_args(self, argv: list[str]) -> argparse.Namespace:
+        parser = beam_runner.make_parser([])
+        return parser.parse_known_args(["--input", "i", "--output", "o", *argv])[0]
+
+
 def test_config_from_args():
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    parser = _Parser()
     assert config_from_args(parser.parse_args([])) == DedupConfig()
     assert config_from_args(parser.parse_args(["--dedup", "none"])) is None
     only_eval = config_from_args(parser.parse_args(["--dedup", "none", "--decontaminate", "e"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pyarrow.parquet as pq
 
@@ -45,8 +46,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert (tmp_path / "report_files" / name).stat().st_size > 5000
     assert (tmp_path / "crawl/balance/query_counts.png").exists()
     stages = funnel(stats)
-    assert stages[-1]["out"] == stats["status_counts"]["ok"]  # every drop is in one stage
-    assert all(stage["dropped"] >= 0 for stage in stages)
+    assert stages == stats["funnel"] and stages[0]["rows_in"] == stats["input_rows"]
+    assert stages[-1]["rows_out"] == stats["status_counts"]["ok"]  # every drop is in one stage
+    dropped = sum((Counter(stage["dropped"]) for stage in stages), Counter())
+    assert dropped == {s: n for s, n in stats["status_counts"].items() if s != "ok"}
     assert "balance_final" in stats and stats["balance_match"]["rows_in"] > 0
 
 

@@ -256,7 +256,7 @@ def test_cli_selects_orders_and_configures_filters():
     assert by_name["lang"] == LangConfig(lang=("en", "de"))
     assert by_name["caption"] == CaptionConfig(min_words=2)
     assert by_name["image"] == ImageFilterConfig(min_pixel_std=0.5)
-    assert config.score is None
+    assert config.batch == ()
     assert config_from_args(_parse()) is None
 
 
@@ -269,8 +269,10 @@ def test_yaml_config_with_flags_taking_precedence(tmp_path):
         "  - score: {score_checkpoint: ckpt.pt, keep_top_fraction: 0.3}\n"
     )
     config = config_from_args(_parse("--filter-config", str(path), "--lang-min-prob", "0.7"))
-    assert config.steps == (step("lang", LangConfig(("fr", "it"), 0.7)), step("caption"))
-    assert config.score.keep_top_fraction == 0.3 and config.score.score_checkpoint == "ckpt.pt"
+    assert config.text == (step("lang", LangConfig(("fr", "it"), 0.7)), step("caption"))
+    (score,) = config.batch  # the score filter is a batched filter of the same registry
+    assert score.module == "filters.score" and score.kind == "batch"
+    assert score.config.keep_top_fraction == 0.3 and score.config.score_checkpoint == "ckpt.pt"
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import math
 from collections import Counter
 
 import apache_beam as beam
 import pytest
+from conftest import LOOPBACK, write_list
 from PIL import Image
 
+import beam_runner
 from demo.corpus import generate
 from filters.score import (
     SCORE_RESOLUTION,
@@ -161,3 +164,21 @@ def test_score_filter_with_a_checkpoint(tiny_checkpoint):
     out = _SINK["pairs"]
     assert len(out) == 8 and all(p.score is not None for p in out)
     assert 1 <= sum(p.is_ok for p in out) <= 4
+
+
+def test_score_filter_runs_as_a_batched_filter_of_the_registry(
+    tmp_path, tiny_checkpoint, server, corpus
+):
+    """`--filters caption,score`: one registry, one flag; the batched filter is a stage of the
+    list, its stats under its name and its drops in the funnel."""
+    rows = [{"url": server.url(f"img/{i.name}"), "caption": i.caption} for i in corpus[:10]]
+    path = write_list(tmp_path / "list.csv", rows, "csv")
+    out = tmp_path / "out"
+    beam_runner.run(["--input", str(path), "--output", str(out), "--allowed-networks", LOOPBACK,
+                     "--dedup", "none", "--image-size", "64", "--filters", "caption,score",
+                     "--score-checkpoint", tiny_checkpoint, "--keep-top-fraction", "0.5"])  # fmt: skip
+    stats = json.loads((out / "stats.json").read_text())
+    score = stats["filters_batch"]["score"]
+    assert score["scored"] == 10 and score["kept"] == stats["samples"] <= 5
+    (row,) = [r for r in stats["funnel"] if r["stage"] == "filters_batch"]
+    assert row["dropped"] == {"filtered:score:not_top": 10 - score["kept"]}

@@ -77,6 +77,15 @@ def test_recipe_refuses_dask_before_any_step(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_recipe_refuses_an_option_no_stage_takes_before_any_step(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    crawl = {"input": str(tmp_path / "x.csv"), "image-size": 64, "imag-size": 64}
+    path.write_text(yaml.safe_dump({"output": str(tmp_path / "run"), "crawl": crawl}))
+    with pytest.raises(ValueError, match="no stage takes --imag-size 64"):
+        recipe.run(str(path))
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_names_the_default_runner_and_the_refused_one(capsys):
     with pytest.raises(SystemExit):
         beam_runner.make_parser().parse_args(["--help"])

@@ -98,10 +98,9 @@ def test_pipeline_config_survives_beams_pickler():
     args, _ = beam_runner.make_parser().parse_known_args(OUR_ARGS)
     config = beam_runner.config_from_args(args)
     assert pickler.loads(pickler.dumps(config)) == config
-    assert config.crawl.image.image_size == 224 and config.crawl.fetch.allowed_networks == (
-        "10.0.0.0/8",
-    )
-    assert config.balance.queries == "gs://bucket/metadata.json" and config.dedup.bands == 7
+    crawl, balance = config.stages["crawl"], config.stages["balance"]
+    assert crawl.image.image_size == 224 and crawl.fetch.allowed_networks == ("10.0.0.0/8",)
+    assert balance.queries == "gs://bucket/metadata.json" and config.stages["dedup"].bands == 7
 
 
 def test_whole_graph_gives_the_same_outputs_with_two_worker_processes(tmp_path, server, corpus):

@@ -44,7 +44,12 @@ def run(tmp_path_factory):
     """A MICRO CLIP trained 6 steps (evaluated), and the demo's held-out folder."""
     tmp = tmp_path_factory.mktemp("export")
     shards = write_shards(tmp / "crawl" / "shards", shards=2, per_shard=32)
-    stats = {"input_rows": 80, "samples": 64, "status_counts": {"ok": 64, "error:http_404": 16}}
+    funnel = [
+        {"stage": "read", "rows_in": 80, "rows_out": 80, "dropped": {}},
+        {"stage": "crawl", "rows_in": 80, "rows_out": 64, "dropped": {"error:http_404": 16}},
+    ]
+    stats = {"input_rows": 80, "samples": 64, "status_counts": {"ok": 64, "error:http_404": 16},
+             "funnel": funnel}  # fmt: skip
     (tmp / "crawl" / "stats.json").write_text(json.dumps(stats))
     heldout = tmp / "heldout"
     write_heldout(build(pairs=8, seed=0).heldout, heldout)
@@ -116,6 +121,7 @@ def test_hf_export_loads_in_transformers_and_matches(run, tmp_path):
 
     card = (out / "README.md").read_text()
     assert "6 steps of 6" in card and "| read | 80 |" in card and "zeroshot_top1" in card
+    assert "| crawl | 80 | 16 | 64 |" in card
 
 
 def open_clip_keys(c: CLIPConfig) -> dict[str, tuple[int, ...]]:

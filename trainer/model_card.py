@@ -48,7 +48,8 @@ def _data(stats_path: Path | None) -> list[str]:
     lines = [f"Curated by openwit from {stats['input_rows']} URL-caption rows to "
              f"{stats.get('samples', '?')} image-text pairs (`{stats_path}`):", "",
              "| stage | in | dropped | out |", "|---|---:|---:|---:|"]  # fmt: skip
-    lines += [f"| {r['stage']} | {r['in']} | {r['dropped']} | {r['out']} |" for r in funnel(stats)]
+    lines += [f"| {r['stage']} | {r['rows_in']} | {sum(r['dropped'].values())} | {r['rows_out']} |"
+              for r in funnel(stats)]  # fmt: skip
     return lines
 
 
