@@ -19,6 +19,7 @@ import argparse
 import io
 import json
 import math
+import shlex
 import subprocess
 import sys
 import time
@@ -95,12 +96,12 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def crawl(urls: Path, out: Path) -> tuple[float, int, dict]:
+def crawl(urls: Path, out: Path, extra: list[str]) -> tuple[float, int, dict]:
     """(seconds, peak tree RSS, stats.json) of a default crawl of `urls` in a fresh process,
     which also writes its shuffle counters to OUT.shuffle.json."""
     subprocess.run(["rm", "-rf", str(out)], check=True)
     command = [sys.executable, __file__, "--crawl-child", f"{out}.shuffle.json", "--input"]
-    command += [str(urls), "--output", str(out), "--allowed-networks", "127.0.0.0/8"]
+    command += [str(urls), "--output", str(out), "--allowed-networks", "127.0.0.0/8", *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     peak = 0
@@ -133,7 +134,7 @@ def shuffle_summary(counters: dict, stats: dict) -> dict:
     }
 
 
-def measure(size: int, work: Path) -> dict:
+def measure(size: int, work: Path, extra: list[str]) -> dict:
     port_file = work / f"port-{size}"
     port_file.unlink(missing_ok=True)
     server = subprocess.Popen(
@@ -147,7 +148,7 @@ def measure(size: int, work: Path) -> dict:
         rows = [{"url": f"{base}/{i}.jpg", "caption": f"picture {i}"} for i in range(size)]
         pq.write_table(pa.Table.from_pylist(rows), urls)
         out = work / f"out-{size}"
-        seconds, peak, stats = crawl(urls, out)
+        seconds, peak, stats = crawl(urls, out, extra)
     finally:
         server.kill()
     shuffle = shuffle_summary(json.loads(Path(f"{out}.shuffle.json").read_text()), stats)
@@ -157,11 +158,12 @@ def measure(size: int, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--sizes", default="2000,20000,100000")
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "memory"))
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
+    parser.add_argument("--openwit-args", default="", help="options added to openwit's defaults")
     parser.add_argument("--crawl-child", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.crawl_child:
@@ -173,10 +175,12 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
-    runs = {str(size): measure(size, work) for size in sizes}
+    extra = shlex.split(args.openwit_args)
+    runs = {str(size): measure(size, work, extra) for size in sizes}
     smallest, largest = runs[str(sizes[0])], runs[str(sizes[-1])]
     ratio = round(largest["peak_rss_mb"] / smallest["peak_rss_mb"], 2)
-    print(json.dumps({"runs": runs, "peak_ratio_largest_over_smallest": ratio}))
+    summary = {"openwit_args": extra, "runs": runs, "peak_ratio_largest_over_smallest": ratio}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
