@@ -17,10 +17,9 @@ from trainer.data import (
     STD,
     DataState,
     ShardStream,
-    _matches,
-    expand_shards,
     preprocess_eval,
 )
+from trainer.shards import _matches, expand_shards
 
 
 def test_expand_shards_reads_braces_globs_and_lists(tmp_path):

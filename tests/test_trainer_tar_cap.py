@@ -11,7 +11,8 @@ import tracemalloc
 from trainer_helpers import jpeg
 
 from manifests.report import samples
-from trainer.data import ShardStream, read_shards
+from trainer.data import ShardStream
+from trainer.shards import read_shards
 
 GIB = 1 << 30
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.data import IMAGE_KEYS, expand_shards, preprocess_eval, read_shards
+from trainer.data import preprocess_eval
 from trainer.model import CLIP
+from trainer.shards import IMAGE_KEYS, expand_shards, read_shards
 from trainer.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)

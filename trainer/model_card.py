@@ -11,8 +11,8 @@ import csv
 import json
 from pathlib import Path
 
-from trainer.data import expand_shards
 from trainer.export import Source
+from trainer.shards import expand_shards
 
 USAGE = {
     "hf": """```python

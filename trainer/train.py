@@ -23,10 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from trainer import checkpoint, logs, resume
-from trainer.data import MAX_MEMBER_BYTES, ShardStream
+from trainer.data import ShardStream
 from trainer.evaluate import load_folder, load_shards, retrieval, zero_shot
 from trainer.loss import clip_loss, siglip_loss
 from trainer.model import CLIP, CONFIGS, CLIPConfig
+from trainer.shards import MAX_MEMBER_BYTES
 from trainer.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
