@@ -27,6 +27,14 @@ ROWS = (10_000_000, 100_000_000, 1_000_000_000)
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_rates(parser)
+    add_shares(parser)
+    add_sizes(parser)
+    parser.add_argument("--markdown", action="store_true")
+    return parser.parse_args()
+
+
+def add_rates(parser: argparse.ArgumentParser) -> None:
     rate = parser.add_argument_group("measured rates, per core")
     rate.add_argument(
         "--crawl-pairs-per-core-s",
@@ -59,6 +67,9 @@ def arguments() -> argparse.Namespace:
         default=300,
         help="bench/dedup.py: 50,000 images in 165.4 s (pHash, zoom view, colour signature)",
     )
+
+
+def add_shares(parser: argparse.ArgumentParser) -> None:
     share = parser.add_argument_group("pool fractions (assumptions)")
     share.add_argument(
         "--langdetect-share", type=float, default=0.8, help="rows long enough for langdetect"
@@ -76,6 +87,9 @@ def arguments() -> argparse.Namespace:
         default=0.8,
         help="downloaded pairs left after image filters, dedup, final balance",
     )
+
+
+def add_sizes(parser: argparse.ArgumentParser) -> None:
     size = parser.add_argument_group("sizes")
     size.add_argument("--stored-kb", type=float, default=25, help="a 256 px JPEG at quality 95")
     size.add_argument(
@@ -102,8 +116,6 @@ def arguments() -> argparse.Namespace:
         default=0.7,
         help="share of vCPU time doing work (shuffles, stragglers, start-up)",
     )
-    parser.add_argument("--markdown", action="store_true")
-    return parser.parse_args()
 
 
 def plan(rows: int, a: argparse.Namespace) -> dict:
