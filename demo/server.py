@@ -203,23 +203,12 @@ def _route(handler: BaseHTTPRequestHandler, server: CorpusServer) -> None:
     elif route == "status":
         _send(handler, int(args[0]))
     elif route in ("flaky", "retry-after"):
-        counter_id, failures, name = args[0], int(args[1]), "/".join(args[2:])
-        if server.count(f"{route}/{counter_id}") <= failures:
-            headers = {"Retry-After": "1"} if route == "retry-after" else {}
-            _send(handler, 429 if route == "retry-after" else 503, b"", headers)
-        else:
-            _send_image(handler, server, name)
+        _flaky(handler, server, route, args)
     elif route == "slow":
         time.sleep(float(args[0]))
         _send_image(handler, server, "/".join(args[1:]))
     elif route == "truncated":
-        data = server.images["/".join(args)]
-        handler.send_response(200)
-        handler.send_header("Content-Type", "image/jpeg")
-        handler.send_header("Content-Length", str(len(data) * 2))
-        handler.end_headers()
-        handler.wfile.write(data)
-        handler.close_connection = True
+        _truncated(handler, server.images["/".join(args)])
     elif route == "html":
         _send(
             handler, 200, b"<html><body>Not an image</body></html>", {"Content-Type": "text/html"}
@@ -241,20 +230,50 @@ def _route(handler: BaseHTTPRequestHandler, server: CorpusServer) -> None:
     elif route == "reset":
         _reset_mid_body(handler, server.images["/".join(args)])
     elif route == "concurrent":
-        server.enter(args[0])
-        try:
-            time.sleep(0.2)
-            _send_image(handler, server, "/".join(args[1:]))
-        finally:
-            server.leave(args[0])
+        _concurrent(handler, server, args[0], "/".join(args[1:]))
     elif route == "robots.txt":
-        time.sleep(server.robots_delay)
-        if server.robots_txt is None:
-            _send(handler, 404)
-        else:
-            _send(handler, 200, server.robots_txt.encode(), {"Content-Type": "text/plain"})
+        _robots_txt(handler, server)
     else:
         _send(handler, 404)
+
+
+def _flaky(handler, server: CorpusServer, route: str, args: list[str]) -> None:
+    """`/flaky/ID/N/NAME` fails N times with 503 (`/retry-after/...`: 429 and Retry-After: 1)
+    before serving the image; each ID counts its own requests."""
+    counter_id, failures, name = args[0], int(args[1]), "/".join(args[2:])
+    if server.count(f"{route}/{counter_id}") <= failures:
+        headers = {"Retry-After": "1"} if route == "retry-after" else {}
+        _send(handler, 429 if route == "retry-after" else 503, b"", headers)
+    else:
+        _send_image(handler, server, name)
+
+
+def _truncated(handler, data: bytes) -> None:
+    """Claim twice the body's length, send the body, hang up."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/jpeg")
+    handler.send_header("Content-Length", str(len(data) * 2))
+    handler.end_headers()
+    handler.wfile.write(data)
+    handler.close_connection = True
+
+
+def _concurrent(handler, server: CorpusServer, group: str, name: str) -> None:
+    """Serve the image after 0.2 s, noting each request of `group` (its start, the peak in flight)."""
+    server.enter(group)
+    try:
+        time.sleep(0.2)
+        _send_image(handler, server, name)
+    finally:
+        server.leave(group)
+
+
+def _robots_txt(handler, server: CorpusServer) -> None:
+    time.sleep(server.robots_delay)
+    if server.robots_txt is None:
+        _send(handler, 404)
+    else:
+        _send(handler, 200, server.robots_txt.encode(), {"Content-Type": "text/plain"})
 
 
 def _drip(handler, data: bytes, interval: float) -> None:
