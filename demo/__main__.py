@@ -51,7 +51,7 @@ def write_heldout(heldout: list[tuple[bytes, str]], folder: Path) -> None:
 RECIPE = Path(__file__).with_name("recipe.yaml")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="demo_out")
     parser.add_argument("--pairs", type=int, default=3000)
@@ -62,23 +62,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-steps", type=int, default=150, help="0 skips training")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-per-query", type=int, default=80, help="t of the balancing")
-    args = parser.parse_args(argv)
-    out = Path(args.output)
-    shutil.rmtree(out / "crawl", ignore_errors=True)  # the demo always starts afresh
-    shutil.rmtree(out / "train", ignore_errors=True)
-    (out / "eval.json").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    steps = args.train_steps
-    overrides = [f"output={out}", f"crawl.max-per-query={args.max_per_query}",
-                 f"train.steps={steps}", f"train.batch-size={args.batch_size}",
-                 f"train.seed={args.seed}", f"train.warmup={max(1, steps // 10)}",
-                 f"train.eval-every={max(1, steps // 3)}", f"train.checkpoint-every={max(1, steps)}"]  # fmt: skip
+    return parser.parse_args(argv)
 
-    start = time.monotonic()
-    print(f"[1/5] building a {args.corpus} corpus of {args.pairs} pairs", flush=True)
-    corpus = build_corpus(args.corpus, args.pairs, args.seed)
-    write_heldout(corpus.heldout, out / "heldout")
-    write_queries(corpus.queries, out / "queries.txt")
+
+def recipe_overrides(out: Path, args: argparse.Namespace) -> list[str]:
+    """The recipe's settings this run changes: its output, the balancing's t, the training."""
+    steps = args.train_steps
+    return [f"output={out}", f"crawl.max-per-query={args.max_per_query}",
+            f"train.steps={steps}", f"train.batch-size={args.batch_size}",
+            f"train.seed={args.seed}", f"train.warmup={max(1, steps // 10)}",
+            f"train.eval-every={max(1, steps // 3)}", f"train.checkpoint-every={max(1, steps)}"]  # fmt: skip
+
+
+def crawl(corpus: WebCorpus, out: Path, overrides: list[str], start: float) -> dict:
+    """Serve the corpus, crawl and curate its URL list with the recipe; print and return the
+    run's stats."""
     with CorpusServer(corpus.images) as server:
         rows = [{"url": server.url(r["path"]), "caption": r["caption"]} for r in corpus.rows]
         pq.write_table(pa.Table.from_pylist(rows), out / "urls.parquet")
@@ -97,6 +95,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"manifest: {out / 'crawl' / 'manifest'}")
     print(f"stats:    {out / 'crawl' / 'stats.json'}")
     print(f"held-out: {out / 'heldout'} ({len(corpus.heldout)} images, one folder per class)")
+    return stats
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(argv)
+    out = Path(args.output)
+    shutil.rmtree(out / "crawl", ignore_errors=True)  # the demo always starts afresh
+    shutil.rmtree(out / "train", ignore_errors=True)
+    (out / "eval.json").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = args.train_steps
+    overrides = recipe_overrides(out, args)
+
+    start = time.monotonic()
+    print(f"[1/5] building a {args.corpus} corpus of {args.pairs} pairs", flush=True)
+    corpus = build_corpus(args.corpus, args.pairs, args.seed)
+    write_heldout(corpus.heldout, out / "heldout")
+    write_queries(corpus.queries, out / "queries.txt")
+    stats = crawl(corpus, out, overrides, start)
     if steps:
         print(
             f"[3/5] training the tiny CLIP for {steps} steps of {args.batch_size} on CPU",
