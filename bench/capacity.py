@@ -1,6 +1,6 @@
 """Capacity plan: workers, hours and cost on Dataflow for 10M, 100M and 1B input rows.
 
-    python bench/capacity.py [--markdown] [--crawl-pairs-per-core-s 75.5] [...]
+    python bench/capacity.py [--markdown] [--crawl-pairs-per-core-s 57.4] [...]
 
 Every per-core rate defaults to a figure measured on this project's 2-core machine by the
 benchmarks (named next to each option); the fractions describe a LAION-like list and are
@@ -39,8 +39,9 @@ def add_rates(parser: argparse.ArgumentParser) -> None:
     rate.add_argument(
         "--crawl-pairs-per-core-s",
         type=float,
-        default=32.6,
-        help="bench/crawl.py, zero-latency web of photo-like pictures: 65.2 pairs/s on 2 cores, "
+        default=57.4,
+        help="bench/crawl.py, zero-latency web of photo-like pictures: 114.9 pairs/s on 2 cores "
+        "(the slower of two runs on the images-by-reference tree; 128.4 in the other), "
         "end to end with dedup (so the dedup term below counts it twice: a safe margin)",
     )
     rate.add_argument(
@@ -95,13 +96,13 @@ def add_sizes(parser: argparse.ArgumentParser) -> None:
     size.add_argument(
         "--shuffle-bytes-per-row",
         type=float,
-        default=1167,
+        default=1017,
         help="bench/memory.py's shuffle counters: what every row moves (URL dedup, shard)",
     )
     size.add_argument(
         "--shuffle-bytes-per-download",
         type=float,
-        default=3446,
+        default=3291,
         help="bench/memory.py's shuffle counters: what a downloaded image adds (crawl batches, "
         "dedup groups, bands and join); images travel by reference, so no JPEG is shuffled",
     )
