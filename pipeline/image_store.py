@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from apache_beam.io.filesystems import FileSystems
 
 from manifests.io import write_atomic
-from manifests.schema import Pair
+from manifests.schema import Pair, error
 
 STORE_ERROR = "image_store"  # the error kind of a pair whose stored image cannot be read
 
@@ -111,7 +111,7 @@ def with_image(pair: Pair, reader: ImageReader) -> Pair:
     try:
         return dataclasses.replace(pair, image=image_bytes(pair, reader))
     except StoreError as exc:
-        return pair.with_status(f"error:{exc.kind}", str(exc))
+        return pair.with_status(error(exc.kind), str(exc))
 
 
 def without_image(pair: Pair) -> Pair:
