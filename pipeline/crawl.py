@@ -218,7 +218,8 @@ class _CrawlBatchesFn(beam.DoFn):
             self._cond.notify_all()
 
     def _complete(self, batch: _Batch) -> list[Pair]:
-        results = batch.results
+        # the batch is released here: the I/O threads' last downloads still point at it
+        results, batch.results = batch.results, []
         if self._cache:  # the images go to the store; the pairs go on with references
             results = self._cache.save(batch.id, results)
         for pair in results:

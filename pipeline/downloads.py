@@ -173,18 +173,22 @@ class Downloads:
 
     def _work(self) -> None:
         while (job := self._take()) is not None:
-            retry = None
-            try:
-                job.body = self._fetcher.attempt(job.url, job.deadline)
-            except Retryable as exc:
-                retry = exc
-            except (FetchError, UrlRefused) as exc:
-                job.error = exc
-            except Exception as exc:  # a bug must cost one row, not a thread
-                log.exception("unexpected failure downloading %s", job.url)
-                job.error = FetchError("internal", f"{type(exc).__name__}: {exc}")
-            for done in self._finish(job, retry):
-                self._on_done(done)
+            self._attempt(job)
+            del job  # an idle thread must not keep its last body and the caller's tag alive
+
+    def _attempt(self, job: Download) -> None:
+        retry = None
+        try:
+            job.body = self._fetcher.attempt(job.url, job.deadline)
+        except Retryable as exc:
+            retry = exc
+        except (FetchError, UrlRefused) as exc:
+            job.error = exc
+        except Exception as exc:  # a bug must cost one row, not a thread
+            log.exception("unexpected failure downloading %s", job.url)
+            job.error = FetchError("internal", f"{type(exc).__name__}: {exc}")
+        for done in self._finish(job, retry):
+            self._on_done(done)
 
     def _finish(self, job: Download, retry: Retryable | None) -> list[Download]:
         """Book the attempt's outcome; the downloads that are now complete."""

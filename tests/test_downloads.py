@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 from conftest import LOOPBACK
 
@@ -140,3 +142,26 @@ def test_a_host_that_answers_with_errors_is_never_given_up(corpus):
         assert done[urls[-1]].body == corpus[0].data
     finally:
         server.stop()
+
+
+def test_idle_threads_keep_no_finished_download_alive(corpus):
+    """A crawl hands each body and its caller's tag (the batch of results) on and forgets them:
+    256 idle threads that each kept their last download would keep 256 bodies and batches."""
+
+    class Tag:  # a stand-in for the crawl's batch, which a weak reference can watch
+        pass
+
+    tags = [Tag() for _ in corpus[:8]]
+    watched = [weakref.ref(tag) for tag in tags]
+    collector = Collector(len(tags))
+    with CorpusServer({i.name: i.data for i in corpus}) as server:
+        downloads = Downloads(Fetcher(policy()), 8, lambda d: collector(Download(d.url)))
+        for image, tag in zip(corpus[:8], tags, strict=True):
+            downloads.submit(server.url(image.name), tag)
+        del tags, tag
+        collector.wait()
+        time.sleep(0.2)  # the threads are back waiting for work
+        gc.collect()
+        alive = sum(ref() is not None for ref in watched)
+        downloads.close()
+    assert alive == 0, f"{alive} of {len(watched)} finished downloads still referenced"
