@@ -78,10 +78,10 @@ def exact_group(_pixels: tuple[str, str], sigs: list[Sig]) -> ExactGroup:
 def bucket_entries(node: tuple[int, bytes, str], groups: list[ExactGroup], layout):
     """The LSH bucket entries of one node: its hash and its views' hashes, each banded."""
     key = min(g.rep for g in groups)
-    phash, colour, _text = node
+    phash, colour, text = node
     for value in sorted({phash, *min(groups).views}):
-        for bucket in band_keys(value, layout):
-            yield bucket, ("node", node, key, value, colour)
+        for bucket in band_keys(value, layout):  # flat: the most numerous record of the run
+            yield bucket, ("node", key, value, colour, text)
 
 
 def eval_entries(ident: str, values: tuple[int, ...], colour: bytes, layout):
@@ -98,10 +98,10 @@ def bucket_edges(entries: list[tuple], threshold: int, colour_distance) -> Itera
     if len(nodes) < 2:
         return iter(())
     rows = BucketRows(
+        [n[0] for n in nodes],
         [n[1] for n in nodes],
-        [n[2] for n in nodes],
-        [n[0][2] for n in nodes],
         [n[3] for n in nodes],
+        [n[2] for n in nodes],
     )
     return bucket_stars(rows, threshold, colour_distance)
 
@@ -109,7 +109,7 @@ def bucket_edges(entries: list[tuple], threshold: int, colour_distance) -> Itera
 def bucket_hits(entries: list[tuple], threshold: int, colour_distance):
     """(node key, smallest evaluation id) of each node in one bucket near an evaluation image,
     whatever its caption."""
-    nodes = sorted({e[2:] for e in entries if e[0] == "node"})
+    nodes = sorted({e[1:4] for e in entries if e[0] == "node"})
     evals = sorted({e[1:] for e in entries if e[0] == "eval"})
     if not (nodes and evals):
         return
