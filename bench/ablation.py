@@ -28,6 +28,9 @@ BOOTSTRAP = 1000  # resamples of the evaluation images
 
 def pool_flags(crawl: dict, stages: set[str]) -> list[str]:
     """The crawl flags of the recipe options `crawl` with only `stages` on."""
+    known = {*BASE, "filters", *(k for keys in STAGE_KEYS.values() for k in keys)}
+    if set(crawl) - known:  # else "all" would silently differ from the recipe
+        raise ValueError(f"no ablation stage owns the recipe's {sorted(set(crawl) - known)}")
     options = {k: v for k, v in crawl.items() if k in BASE}
     for stage in stages:
         options |= {k: v for k, v in crawl.items() if k in STAGE_KEYS.get(stage, ())}
