@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean realcorpus
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m demo
+
+# the packages of `--corpus styles` (apt-get, npm, cairosvg): see demo/realcorpus.py
+realcorpus: $(STAMP)
+	$(PY) -m demo.realcorpus install
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,7 +1,7 @@
 """Does curation make a better CLIP? The same model, seed and steps on the raw and curated pools.
 
-    python bench/curation.py [--corpus synthetic|real] [--pairs 3000] [--steps 200] [--seeds 0,1]
-                             [--jobs 2]
+    python bench/curation.py [--corpus synthetic|real|styles] [--pairs 3000] [--steps 200]
+                             [--seeds 0,1] [--jobs 2] [--ablate [--score-keep 0.7] [--out DIR]]
 
 The corpus is the demo's (`--corpus synthetic`, `demo.webcorpus`: 48 colour-shape concepts
 under a Zipf head; `--corpus real`, `demo.realcorpus`: Noto emoji renders and Openclipart
@@ -20,6 +20,16 @@ emoji), and image-text retrieval recall@1/5 over those images captioned "a photo
 and (`name_*`) captioned with the bare name, the phrasing the corpora's captions use.
 `--jobs N` trains N runs at once, each on its share of the cores (a run's figures do not depend
 on it). Prints one JSON line with every figure, and the means per pool.
+
+`--ablate` (bench/ablation.py) trains on raw, on each stage alone (text filters, dedup with
+decontamination, balancing, image filters, the score filter keeping the best `--score-keep`
+under a model trained on the raw pool: the first seed's raw run) and on all of them, each
+configured as the recipe configures it. Every run sees the same samples (steps x batch),
+however large its pool. Per held-out style (`styles`: Twemoji and Facebook's emoji, by English
+name): zero-shot top-1/top-5 averaged over seeds, a 95% bootstrap interval over the evaluation
+images, the seeds' spread, the gain over raw with a paired interval, and retrieval recall. It
+prints the JSON line, writes it to `OUT/ablation.json` and `OUT/report.html` (the "all" pool's
+crawl report, with the ablation's plot and table).
 """
 
 from __future__ import annotations
@@ -44,8 +54,11 @@ sys.path.insert(0, str(ROOT))
 
 import beam_runner  # noqa: E402
 import recipe  # noqa: E402
-from demo.__main__ import RECIPE, build_corpus, write_heldout, write_queries  # noqa: E402
+from bench import ablation  # noqa: E402
+from demo.__main__ import CORPORA, RECIPE, build_corpus, write_heldout, write_queries  # noqa: E402
 from demo.server import CorpusServer  # noqa: E402
+from demo.webcorpus import WebCorpus  # noqa: E402
+from manifests.report import build_report  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
 from pipeline.writers import write_samples  # noqa: E402
 from trainer.checkpoint import load_model  # noqa: E402
@@ -56,11 +69,15 @@ COMMON = ["--allowed-networks", "127.0.0.0/8", "--samples-per-shard", "1000", "-
 RAW = ["--dedup", "none"]
 
 
-def curated(work: Path) -> list[str]:
+def recipe_crawl(work: Path) -> dict:
     """The demo recipe's crawl options, with its `{output}` at `work` (where the bench writes
     the URL list, queries and held-out images under the same names)."""
     options = recipe.load_recipe(str(RECIPE), [f"output={work}"])["crawl"]
-    return recipe.as_flags({k: v for k, v in options.items() if k != "input"})
+    return {k: v for k, v in options.items() if k != "input"}
+
+
+def curated(work: Path) -> list[str]:
+    return recipe.as_flags(recipe_crawl(work))
 
 
 def heldout_shard(heldout: list[tuple[bytes, str]], path: Path) -> None:
@@ -71,19 +88,35 @@ def heldout_shard(heldout: list[tuple[bytes, str]], path: Path) -> None:
         write_samples(stream, pairs)
 
 
-def crawl(work: Path, name: str, extra: list[str]) -> dict:
+def crawl(work: Path, name: str, flags: list[str]) -> dict:
     out = work / name
-    beam_runner.run(["--input", str(work / "urls.parquet"), "--output", str(out), *COMMON, *extra])
+    beam_runner.run(["--input", str(work / "urls.parquet"), "--output", str(out), *flags])
     return json.loads((out / "stats.json").read_text())
 
 
-def train_and_score(work: Path, pool: str, seed: int, steps: int, batch: int, threads: int) -> dict:
-    config = TrainConfig(
+def train_config(work: Path, pool: str, seed: int, steps: int, batch: int, threads: int,
+                 **evaluation) -> TrainConfig:  # fmt: skip
+    """The tiny CLIP on `pool`'s shards: every pool, seed and bench the same but for these."""
+    return TrainConfig(
         shards=str(work / pool / "shards" / "*.tar"), output=str(work / f"train-{pool}-{seed}"),
         model="tiny", batch_size=batch, steps=steps, warmup=max(1, steps // 10), seed=seed,
-        eval_folder=str(work / "heldout"), eval_shards=str(work / "heldout.tar"),
-        checkpoint_every=steps, log_every=steps, threads=threads,
+        checkpoint_every=steps, log_every=steps, threads=threads, **evaluation,
     )  # fmt: skip
+
+
+def train_and_evaluate(work: Path, pool: str, seed: int, steps: int, batch: int, threads: int,
+                       styles: dict[str, Path]) -> dict:  # fmt: skip
+    """One ablation run: trained, then each held-out style evaluated image by image."""
+    config = train_config(work, pool, seed, steps, batch, threads)
+    start = time.monotonic()
+    train(config)
+    found = ablation.evaluate(Path(config.output) / "checkpoints" / "latest.pt", styles)
+    return {"styles": found, "seconds": round(time.monotonic() - start)}
+
+
+def train_and_score(work: Path, pool: str, seed: int, steps: int, batch: int, threads: int) -> dict:
+    config = train_config(work, pool, seed, steps, batch, threads,
+                          eval_folder=str(work / "heldout"), eval_shards=str(work / "heldout.tar"))  # fmt: skip
     start = time.monotonic()
     metrics = train(config)["metrics"]
     keep = ("zeroshot_top1", "zeroshot_top5", "image_to_text_R@1", "image_to_text_R@5",
@@ -96,15 +129,107 @@ def train_and_score(work: Path, pool: str, seed: int, steps: int, batch: int, th
     return {**found, "seconds": round(time.monotonic() - start)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--corpus", choices=("synthetic", "real"), default="synthetic")
+    parser.add_argument("--corpus", choices=CORPORA, default="synthetic")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at once")
-    args = parser.parse_args(argv)
+    parser.add_argument("--ablate", action="store_true", help="each stage alone (see above)")
+    parser.add_argument("--score-keep", type=float, default=0.7,
+                        help="--ablate: the score filter's --keep-top-fraction")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("curation_out"),
+                        help="--ablate: where ablation.json and report.html go")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def compare(args: argparse.Namespace, work: Path, seeds: list[int]) -> dict:
+    """Raw against the recipe's curation, every figure of each run and the means."""
+    pools = {"raw": crawl(work, "raw", [*COMMON, *RAW]),
+             "curated": crawl(work, "curated", curated(work))}  # fmt: skip
+    result = {"corpus": args.corpus, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
+              "seeds": seeds, "samples": {p: s["samples"] for p, s in pools.items()}}  # fmt: skip
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    runs = {(pool, seed): (work, pool, seed, args.steps, args.batch_size, threads)
+            for pool in pools for seed in seeds}  # fmt: skip
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as executor:
+        futures = {run: executor.submit(train_and_score, *job) for run, job in runs.items()}
+    for pool in pools:
+        runs = [futures[pool, seed].result() for seed in seeds]
+        result[pool] = runs
+        result[f"{pool}_mean"] = {
+            k: round(statistics.mean(r[k] for r in runs), 4) for k in runs[0] if k != "seconds"
+        }
+    result["top1_gain_points"] = round(
+        100 * (result["curated_mean"]["zeroshot_top1"] - result["raw_mean"]["zeroshot_top1"]), 1
+    )
+    return result
+
+
+def write_styles(corpus: WebCorpus, folder: Path) -> dict[str, Path]:
+    """The held-out images, a class folder tree per style (one, `heldout`, without styles)."""
+    groups: dict[str, list[tuple[bytes, str]]] = {}
+    styles = corpus.heldout_style or ["heldout"] * len(corpus.heldout)
+    for item, style in zip(corpus.heldout, styles, strict=True):
+        groups.setdefault(style, []).append(item)
+    for style, items in groups.items():
+        write_heldout(items, folder / style)
+    return {style: folder / style for style in groups}
+
+
+def train_pools(args, work: Path, seeds: list[int], names: list[str], styles: dict) -> dict:
+    """Every seed of every pool in `names`, `--jobs` at a time: pool -> runs in seed order."""
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as executor:
+        futures = {(pool, seed): executor.submit(train_and_evaluate, work, pool, seed, args.steps,
+                                                 args.batch_size, threads, styles)
+                   for pool in names for seed in seeds}  # fmt: skip
+    return {pool: [futures[pool, seed].result() for seed in seeds] for pool in names}
+
+
+def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCorpus) -> dict:
+    """Raw first (its first seed's model scores the pools that use the score filter), then
+    every other pool; the same samples seen by every run."""
+    start = time.monotonic()
+    styles = write_styles(corpus, work / "styles")
+    options = recipe_crawl(work)
+    options["filters"] = f"{options['filters']},score"
+    options["score-checkpoint"] = str(work / f"train-raw-{seeds[0]}" / "checkpoints" / "latest.pt")
+    options["keep-top-fraction"] = args.score_keep
+    pools = ablation.pools()
+    flags = {pool: ablation.pool_flags(options, stages) for pool, stages in pools.items()}
+    samples = {"raw": crawl(work, "raw", flags["raw"])["samples"]}
+    runs = train_pools(args, work, seeds, ["raw"], styles)
+    for pool in pools:
+        if pool != "raw":
+            samples[pool] = crawl(work, pool, flags[pool])["samples"]
+    runs |= train_pools(args, work, seeds, [p for p in pools if p != "raw"], styles)
+    seen = args.steps * args.batch_size
+    result = {
+        "corpus": args.corpus, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
+        "seeds": seeds, "samples_seen_per_run": seen, "equal_samples_seen": True,
+        "note": f"every run: the tiny CLIP, {args.steps} steps of {args.batch_size} = {seen} "
+                "samples seen, whatever its pool's size; intervals: 95% bootstrap over the "
+                "evaluation images of the seed-averaged hits; score filter: keep the best "
+                f"{args.score_keep} under the raw pool's seed-{seeds[0]} model",
+        "samples": samples, "epochs": {p: round(seen / max(n, 1), 2) for p, n in samples.items()},
+        "heldout_images": {s: len(list(f.rglob("*.jpg"))) for s, f in styles.items()},
+        "flags": flags, "summary": ablation.summarise({p: [r["styles"] for r in rs]
+                                                       for p, rs in runs.items()}),
+        "run_seconds": {p: [r["seconds"] for r in rs] for p, rs in runs.items()},
+    }  # fmt: skip
+    result["wall_seconds"] = round(time.monotonic() - start)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ablation.json").write_text(json.dumps(result, indent=1))
+    build_report(work / "all", work / f"train-all-{seeds[0]}", args.out / "report.html",
+                 [ablation.section(result)])  # fmt: skip
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="openwit-curation-"))
     try:
@@ -115,27 +240,10 @@ def main(argv: list[str] | None = None) -> None:
         with CorpusServer(corpus.images) as server:
             rows = [{"url": server.url(r["path"]), "caption": r["caption"]} for r in corpus.rows]
             pq.write_table(pa.Table.from_pylist(rows), work / "urls.parquet")
-            pools = {
-                "raw": crawl(work, "raw", RAW),
-                "curated": crawl(work, "curated", curated(work)),
-            }
-        result = {"corpus": args.corpus, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
-                  "seeds": seeds, "samples": {p: s["samples"] for p, s in pools.items()}}  # fmt: skip
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        runs = {(pool, seed): (work, pool, seed, args.steps, args.batch_size, threads)
-                for pool in pools for seed in seeds}  # fmt: skip
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as executor:
-            futures = {run: executor.submit(train_and_score, *job) for run, job in runs.items()}
-        for pool in pools:
-            runs = [futures[pool, seed].result() for seed in seeds]
-            result[pool] = runs
-            result[f"{pool}_mean"] = {
-                k: round(statistics.mean(r[k] for r in runs), 4) for k in runs[0] if k != "seconds"
-            }
-        result["top1_gain_points"] = round(
-            100 * (result["curated_mean"]["zeroshot_top1"] - result["raw_mean"]["zeroshot_top1"]), 1
-        )
-        print(json.dumps(result))
+            result = (
+                ablate(args, work, seeds, corpus) if args.ablate else compare(args, work, seeds)
+            )
+        print(json.dumps({k: v for k, v in result.items() if k != "flags"}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

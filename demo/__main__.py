@@ -24,6 +24,7 @@ from demo.server import CorpusServer
 from demo.webcorpus import WebCorpus, build
 
 log = logging.getLogger("demo")
+CORPORA = ("synthetic", "real", "styles")
 
 
 def write_queries(queries: list[str], path: Path) -> None:
@@ -31,11 +32,16 @@ def write_queries(queries: list[str], path: Path) -> None:
 
 
 def build_corpus(kind: str, pairs: int, seed: int) -> WebCorpus:
-    """The synthetic colour-shape corpus, or (`real`) emoji and clip art (demo.realcorpus)."""
+    """The synthetic colour-shape corpus, (`real`) emoji and clip art (demo.realcorpus) or
+    (`styles`) emoji in several art styles, clip art, stamps and icons (demo.stylecorpus)."""
     if kind == "real":
         from demo import realcorpus
 
         return realcorpus.build(pairs, seed)
+    if kind == "styles":
+        from demo import stylecorpus
+
+        return stylecorpus.build(pairs, seed)
     return build(pairs, seed=seed)
 
 
@@ -55,9 +61,10 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="demo_out")
     parser.add_argument("--pairs", type=int, default=3000)
-    parser.add_argument("--corpus", choices=("synthetic", "real"), default="synthetic",
+    parser.add_argument("--corpus", choices=CORPORA, default="synthetic",
                         help="real: emoji and clip art installed from the package registries "
-                        "(see demo/realcorpus.py)")  # fmt: skip
+                        "(see demo/realcorpus.py); styles: the larger one of several art "
+                        "styles (demo/stylecorpus.py)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-steps", type=int, default=150, help="0 skips training")
     parser.add_argument("--batch-size", type=int, default=64)

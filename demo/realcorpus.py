@@ -14,26 +14,45 @@ Installed from the package registries (once, about 250 MB, about a minute):
     npm install --prefix ~/.cache/openwit/twemoji emoji-datasource-twitter@16.0.0
 
 `OPENWIT_TWEMOJI` overrides the Twemoji folder (the one holding `node_modules`).
+
+The larger corpus of several art styles (`demo.stylecorpus`, `--corpus styles`) is built to a
+folder and its packages installed by this module's command line:
+
+    python -m demo.realcorpus install          # apt-get and npm, pinned versions
+    python -m demo.realcorpus build --pairs 30000 --out DIR
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
 import random
+import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
+from demo import stylecorpus
+from demo.realsources import (
+    CLIPART,
+    EMOJI_NPM,
+    FOREIGN,
+    NOTO_FONT,
+    TEMPLATES,
+    clipart_caption,
+    noto_render,
+    on_white,
+    open_png,
+)
+from demo.stylecorpus import StyleOptions
 from demo.webcorpus import WebCorpus, add_clean, add_noise, concept_weights
 
-NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-CLIPART = Path("/usr/share/openclipart/png")
 TWEMOJI = Path(os.environ.get("OPENWIT_TWEMOJI", "~/.cache/openwit/twemoji")).expanduser()
-FOREIGN = ("es", "fr", "de", "it", "pt")
-TEMPLATES = ("{} emoji", "an emoji of {}", "{} icon", "a picture of {}", "{}")
 INSTALL = (
     "sudo apt-get install -y fonts-noto-color-emoji openclipart-png && "
     "npm install --prefix ~/.cache/openwit/twemoji emoji-datasource-twitter@16.0.0"
@@ -49,14 +68,6 @@ def missing() -> list[str]:
 
 def _name(entry: dict) -> str:
     return entry["en"].strip(":").replace("_", " ")
-
-
-def noto_render(char: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
-    """The emoji on white, or None when the font lacks it (a blank render)."""
-    canvas = Image.new("RGBA", (136, 128), (255, 255, 255, 255))
-    ImageDraw.Draw(canvas).text((0, 0), char, font=font, embedded_color=True)
-    image = canvas.convert("RGB")
-    return image if np.asarray(image.convert("L")).std() > 5 else None
 
 
 def twemoji_images() -> dict[str, bytes]:
@@ -79,19 +90,10 @@ def clipart(limit: int, rng: random.Random) -> list[tuple[Image.Image, str, str]
     for path in paths:
         if len(out) >= limit:
             break
-        try:
-            with Image.open(path) as opened:
-                if opened.width * opened.height > 4_000_000:
-                    continue
-                image = opened.convert("RGBA")
-        except (OSError, ValueError, Image.DecompressionBombError):
+        flat = open_png(path)
+        if flat is None:
             continue
-        image.thumbnail((400, 400))
-        flat = Image.new("RGB", image.size, "white")
-        flat.paste(image, mask=image.getchannel("A"))
-        title = path.stem.split("_")[0].replace("-", " ")
-        category = path.parent.relative_to(CLIPART).parts[0].replace("_", " ")
-        out.append((flat, f"{title}, clip art of {category}", category))
+        out.append((flat, *clipart_caption(path)))
     return out
 
 
@@ -134,10 +136,87 @@ def build(pairs: int = 3000, seed: int = 0, heldout_classes: int = 100) -> WebCo
     categories = {r["concept"] for r in corpus.rows if r["concept"] not in renders}
     corpus.queries = sorted({_name(emoji.EMOJI_DATA[c]) for c in seen} | categories)
     for char in rng.sample(seen, min(heldout_classes, len(seen))):
-        png = Image.open(io.BytesIO(twemoji[char])).convert("RGBA")
-        flat = Image.new("RGB", png.size, "white")
-        flat.paste(png, mask=png.getchannel("A"))
         out = io.BytesIO()
-        flat.save(out, format="JPEG", quality=95)
+        on_white(Image.open(io.BytesIO(twemoji[char]))).save(out, format="JPEG", quality=95)
         corpus.heldout.append((out.getvalue(), _name(emoji.EMOJI_DATA[char]).replace("/", " ")))
     return corpus
+
+
+def _distinct(corpus: WebCorpus) -> dict[str, set[bytes]]:
+    """Each source's distinct clean pictures (the head serves one under many URLs)."""
+    found: dict[str, set[bytes]] = {}
+    for row in corpus.rows:
+        if row["kind"] == "clean":
+            found.setdefault(row["source"], set()).add(corpus.images[row["path"].split("/", 1)[1]])
+    return found
+
+
+def write(corpus: WebCorpus, out: Path) -> dict:
+    """The corpus as files: `images/` (what the server serves), `rows.parquet` (path,
+    caption, kind, concept, source), `heldout/STYLE/CLASS/` and `queries.txt`; returns the
+    counts and sizes it wrote."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for name, data in corpus.images.items():
+        (out / "images" / name).write_bytes(data)
+    columns = ("path", "caption", "kind", "concept", "source")
+    rows = [{c: row.get(c, "") for c in columns} for row in corpus.rows]
+    pq.write_table(pa.Table.from_pylist(rows), out / "rows.parquet")
+    for index, ((jpeg, name), style) in enumerate(
+        zip(corpus.heldout, corpus.heldout_style, strict=True)
+    ):
+        folder = out / "heldout" / style / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index:05d}.jpg").write_bytes(jpeg)
+    (out / "queries.txt").write_text("\n".join(corpus.queries) + "\n")
+    summary = {
+        "rows": len(corpus.rows), "images": len(corpus.images),
+        "image_bytes": sum(len(d) for d in corpus.images.values()),
+        "rows_by_source": dict(Counter(r.get("source") or "noise" for r in corpus.rows)),
+        "rows_by_kind": dict(Counter(r["kind"] for r in corpus.rows)),
+        "distinct_concepts": len({r["concept"] for r in corpus.rows}),
+        "distinct_images_by_source": {source: len(paths) for source, paths in _distinct(corpus).items()},
+        "heldout_by_style": dict(Counter(corpus.heldout_style)),
+        "heldout_classes": len({name for _, name in corpus.heldout}), "queries": len(corpus.queries),
+    }  # fmt: skip
+    return summary
+
+
+def install() -> None:
+    """The `--corpus styles` packages: Debian's with apt-get, the emoji styles with npm."""
+    from demo.stylecorpus import APT, NPM
+
+    subprocess.run(["apt-get", "update"], check=True)
+    subprocess.run(["apt-get", "install", "-y", *APT], check=True)
+    subprocess.run(["npm", "install", "--prefix", str(EMOJI_NPM), *NPM], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "cairosvg>=2.7"], check=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="the several-styles real corpus")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("install", help="apt-get and npm install what `build` reads")
+    build_args = commands.add_parser("build", help="build the corpus into a folder")
+    build_args.add_argument("--pairs", type=int, default=StyleOptions.pairs)
+    build_args.add_argument("--seed", type=int, default=StyleOptions.seed)
+    build_args.add_argument("--heldout-classes", type=int, default=StyleOptions.heldout_classes)
+    build_args.add_argument("--out", type=Path, default=Path("realcorpus_out"))
+    args = parser.parse_args(argv)
+    if args.command == "install":
+        install()
+        return
+    start = time.monotonic()
+    opts = StyleOptions(pairs=args.pairs, seed=args.seed, heldout_classes=args.heldout_classes)
+    corpus = stylecorpus.build(opts=opts)
+    built = time.monotonic() - start
+    summary = write(corpus, args.out)
+    summary["build_seconds"] = round(built, 1)
+    summary["write_seconds"] = round(time.monotonic() - start - built, 1)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -99,6 +99,7 @@ class WebCorpus:
     rows: list[dict] = field(default_factory=list)  # {"path", "caption", "kind", "concept"}
     heldout: list[tuple[bytes, str]] = field(default_factory=list)  # (JPEG, concept), never served
     queries: list[str] = field(default_factory=list)  # the query list balancing matches against
+    heldout_style: list[str] = field(default_factory=list)  # per held-out image, when styled
 
 
 def concept_weights(count: int, exponent: float) -> list[float]:

@@ -19,6 +19,7 @@ import json
 import logging
 import tarfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def _manifest(output: Path) -> list[dict]:
     return rows
 
 
-def _png(figure) -> bytes:
+def figure_png(figure) -> bytes:
     out = io.BytesIO()
     figure.tight_layout()
     figure.savefig(out, format="png", dpi=100)
@@ -94,7 +95,7 @@ def plots(stats: dict, manifest: list[dict]) -> dict[str, bytes]:
     axes.barh(labels[::-1], left[::-1], color="#4a7")
     axes.set_xlabel("rows left after the stage")
     axes.set_title("Funnel")
-    out["funnel.png"] = _png(figure)
+    out["funnel.png"] = figure_png(figure)
     plt.close(figure)
 
     words_all = [len((r["caption"] or "").split()) for r in manifest]
@@ -106,7 +107,7 @@ def plots(stats: dict, manifest: list[dict]) -> dict[str, bytes]:
     axes.set_xlabel("caption length (words)")
     axes.set_ylabel("pairs")
     axes.legend()
-    out["caption_lengths.png"] = _png(figure)
+    out["caption_lengths.png"] = figure_png(figure)
     plt.close(figure)
 
     languages = Counter(r.get("language") or "not detected" for r in manifest)
@@ -115,7 +116,7 @@ def plots(stats: dict, manifest: list[dict]) -> dict[str, bytes]:
     axes.bar([name for name, _ in top], [count for _, count in top], color="#47a")
     axes.set_ylabel("pairs")
     axes.set_title("Caption language (lang filter)")
-    out["languages.png"] = _png(figure)
+    out["languages.png"] = figure_png(figure)
     plt.close(figure)
     return out
 
@@ -192,8 +193,10 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-
 figcaption{font-size:11px;overflow-wrap:anywhere}"""
 
 
-def build_report(output: Path, train: Path | None = None, html_path: Path | None = None) -> Path:
-    """Write `report.html` and its PNGs; returns the page's path."""
+def build_report(output: Path, train: Path | None = None, html_path: Path | None = None,
+                 extra: Sequence[str] = ()) -> Path:  # fmt: skip
+    """Write `report.html` and its PNGs (and `extra` HTML sections last, such as a bench's
+    table); returns the page's path."""
     stats = json.loads((output / "stats.json").read_text())
     manifest = _manifest(output)
     html_path = html_path or output / "report.html"
@@ -221,6 +224,7 @@ def build_report(output: Path, train: Path | None = None, html_path: Path | None
         "<h2>Near-duplicate groups</h2><p>The survivor first, then its copies.</p>"
         + _dedup_groups(output),
         "<h2>Training</h2>" + _training(train),
+        *extra,
     ]  # fmt: skip
     page = (
         f"<!doctype html><meta charset='utf-8'><title>openwit report</title><style>{STYLE}</style>"

@@ -1,0 +1,153 @@
+"""`bench/curation.py --ablate`'s parts: the pools (each curation stage alone), per-image
+evaluation on every held-out style, bootstrap intervals, and the report's table and plot.
+
+A pool's flags are the demo recipe's crawl options of its stages only, so "all" is the recipe
+(plus the score filter) and every stage alone is configured exactly as in "all".
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+
+import recipe
+from manifests.report import figure_png
+
+BASE = ("allowed-networks", "samples-per-shard", "timeout")  # every pool's
+STAGE_FILTERS = {"text_filters": ("lang", "caption"), "image_filters": ("image",),
+                 "score": ("score",)}  # fmt: skip
+STAGE_KEYS = {"image_filters": ("min-side",), "dedup": ("dedup-scope", "decontaminate"),
+              "balancing": ("queries", "max-per-query"),
+              "score": ("score-checkpoint", "keep-top-fraction")}  # fmt: skip
+STAGES = ("text_filters", "dedup", "balancing", "image_filters", "score")
+BOOTSTRAP = 1000  # resamples of the evaluation images
+
+
+def pool_flags(crawl: dict, stages: set[str]) -> list[str]:
+    """The crawl flags of the recipe options `crawl` with only `stages` on."""
+    known = {*BASE, "filters", *(k for keys in STAGE_KEYS.values() for k in keys)}
+    if set(crawl) - known:  # else "all" would silently differ from the recipe
+        raise ValueError(f"no ablation stage owns the recipe's {sorted(set(crawl) - known)}")
+    options = {k: v for k, v in crawl.items() if k in BASE}
+    for stage in stages:
+        options |= {k: v for k, v in crawl.items() if k in STAGE_KEYS.get(stage, ())}
+    wanted = {f for stage in stages for f in STAGE_FILTERS.get(stage, ())}
+    filters = [f for f in str(crawl.get("filters", "")).split(",") if f in wanted]
+    if filters:
+        options["filters"] = ",".join(filters)
+    if "dedup" not in stages:
+        options["dedup"] = "none"
+    return recipe.as_flags(options)
+
+
+def pools() -> dict[str, set[str]]:
+    """raw, each stage alone, and all of them (the score stage needs a model: last)."""
+    return {"raw": set(), **{stage: {stage} for stage in STAGES}, "all": set(STAGES)}
+
+
+def evaluate(checkpoint: Path, styles: dict[str, Path]) -> dict:
+    """Per held-out style: each image's top-1 and top-5 hit (for the bootstrap) and retrieval
+    recall of the images against their bare class names."""
+    from trainer.checkpoint import load_model
+    from trainer.evaluate import class_logits, load_folder, retrieval
+
+    model, tokenizer, _ = load_model(checkpoint)
+    out = {}
+    for style, folder in styles.items():
+        images, labels, classes = load_folder(folder)
+        top = class_logits(model, tokenizer, images, classes).topk(min(5, len(classes)), 1)
+        target = np.asarray(labels)
+        predicted = top.indices.numpy()
+        named = retrieval(model, tokenizer, images, [classes[label] for label in labels])
+        out[style] = {
+            "hits1": (predicted[:, 0] == target).astype(int).tolist(),
+            "hits5": (predicted == target[:, None]).any(1).astype(int).tolist(),
+            **{k: round(v, 4) for k, v in named.items() if k.endswith(("R@1", "R@5"))},
+        }
+    return out
+
+
+def interval(hits: np.ndarray, rng: np.random.Generator) -> list[float]:
+    """95% bootstrap interval of the mean of `hits` (one value per evaluation image)."""
+    picks = rng.integers(0, len(hits), size=(BOOTSTRAP, len(hits)))
+    return [round(float(q), 4) for q in np.percentile(hits[picks].mean(1), [2.5, 97.5])]
+
+
+def summarise(runs: dict[str, list[dict]], seed: int = 0) -> dict:
+    """Per pool and style: means over seeds, their spread, bootstrap intervals over images of
+    the seed-averaged hits, and the gain over raw with a paired interval (same resamples)."""
+    out = {}
+    for pool, seeds in runs.items():
+        out[pool] = {}
+        for style in seeds[0]:
+            row = {}
+            for k in ("hits1", "hits5"):
+                per_seed = np.array([run[style][k] for run in seeds], dtype=float)  # (S, N)
+                raw = np.array([run[style][k] for run in runs["raw"]], dtype=float).mean(0)
+                name = "top1" if k == "hits1" else "top5"
+                rng = np.random.default_rng(seed)
+                row[name] = round(float(per_seed.mean()), 4)
+                row[f"{name}_ci"] = interval(per_seed.mean(0), rng)
+                row[f"{name}_seeds"] = [round(float(v), 4) for v in per_seed.mean(1)]
+                row[f"{name}_seed_std"] = (
+                    round(float(per_seed.mean(1).std(ddof=1)), 4) if len(seeds) > 1 else 0.0
+                )
+                row[f"{name}_gain"] = round(float(per_seed.mean() - raw.mean()), 4)
+                row[f"{name}_gain_ci"] = interval(
+                    per_seed.mean(0) - raw, np.random.default_rng(seed)
+                )
+            for k in seeds[0][style]:
+                if k.endswith(("R@1", "R@5")):
+                    row[k] = round(float(np.mean([run[style][k] for run in seeds])), 4)
+            out[pool][style] = row
+    return out
+
+
+def plot(summary: dict) -> bytes:
+    """Top-1 per pool and held-out style, with the bootstrap intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    styles = list(summary[names[0]])
+    figure, axis = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(styles)
+    for i, style in enumerate(styles):
+        means = [summary[p][style]["top1"] for p in names]
+        low = [m - summary[p][style]["top1_ci"][0] for p, m in zip(names, means, strict=True)]
+        high = [summary[p][style]["top1_ci"][1] - m for p, m in zip(names, means, strict=True)]
+        x = np.arange(len(names)) + i * width
+        axis.bar(x, means, width, yerr=[low, high], capsize=3, label=style)
+    axis.set_xticks(np.arange(len(names)) + width * (len(styles) - 1) / 2, names, rotation=20)
+    axis.set_ylabel("zero-shot top-1")
+    axis.legend()
+    data = figure_png(figure)
+    plt.close(figure)
+    return data
+
+
+def section(result: dict) -> str:
+    """The report's ablation section: the plot and one table row per pool and style."""
+    summary = result["summary"]
+    rows = []
+    for pool, styles in summary.items():
+        for style, row in styles.items():
+            cells = [pool, style, result["samples"][pool], row["top1"], row["top1_ci"],
+                     row["top1_seed_std"], row["top1_gain"], row["top1_gain_ci"], row["top5"],
+                     row["top5_ci"], row.get("image_to_text_R@1"), row.get("text_to_image_R@1")]  # fmt: skip
+            rows.append(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+            )
+    head = ("pool", "held-out style", "pool size", "top-1", "95% CI", "seed std", "gain vs raw",
+            "gain 95% CI", "top-5", "top-5 CI", "i2t R@1", "t2i R@1")  # fmt: skip
+    image = base64.b64encode(plot(summary)).decode()
+    return (
+        f"<h2>Curation ablation</h2><p>{html.escape(result['note'])}</p>"
+        f'<img src="data:image/png;base64,{image}"><table><tr>'
+        + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+    )  # fmt: skip
