@@ -185,7 +185,8 @@ def write(corpus: WebCorpus, out: Path) -> dict:
 
 
 def install() -> None:
-    """The `--corpus styles` packages: Debian's with apt-get, the emoji styles with npm."""
+    """The `--corpus styles` packages: Debian's with apt-get, the emoji styles with npm, and
+    CairoSVG for the icons (also in the test extra; here for a user without it)."""
     from demo.stylecorpus import APT, NPM
 
     subprocess.run(["apt-get", "update"], check=True)

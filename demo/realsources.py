@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import re
 import warnings
 from collections.abc import Callable
@@ -23,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-from demo.webcorpus import concept_weights
 
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 CLIPART = Path("/usr/share/openclipart/png")
@@ -192,10 +189,3 @@ def icon_pictures() -> list[Picture]:
             out.append(Picture(f"{name} {label} icon", name,
                                lambda p=path: render_svg(p, 96)))  # fmt: skip
     return out
-
-
-def zipf_sample(items: list, count: int, exponent: float, rng: random.Random) -> list:
-    """`count` draws from `items` (shuffled first, so the seed picks the head) under Zipf."""
-    order = list(items)
-    rng.shuffle(order)
-    return rng.choices(order, concept_weights(len(order), exponent), k=count) if order else []
