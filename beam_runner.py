@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from manifests.io import join, read_bytes
-from pipeline import progress, runners
+from pipeline import allocator, progress, runners
 from pipeline.config_flags import add_config_flags, config_from_flags
 from pipeline.console import CrawlBar, summary_table
 from pipeline.graph import PipelineConfig, build, prepare
@@ -78,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult | None:
     """Parse `argv`, build the graph and run it to completion (None: output already complete)."""
+    allocator.tune()  # before the local runner's threads create their arenas
     parser = make_parser(argv)
     args, beam_args = parser.parse_known_args(argv)
     options = PipelineOptions(beam_args)

@@ -23,7 +23,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from filters.image_size import ImageSizeConfig
 from manifests.schema import Pair, error
-from pipeline import progress
+from pipeline import allocator, progress
 from pipeline.crawl_cache import CrawlCache, merge_cached
 from pipeline.decode import CORES, decode_pool, finish_pair
 from pipeline.downloads import Download, Downloads
@@ -123,6 +123,7 @@ class _CrawlBatchesFn(beam.DoFn):
         self._max_batches = max_batches
 
     def setup(self) -> None:
+        allocator.tune()  # on any runner's worker, before the download threads start
         threads = self._config.threads or default_threads()
         self._decoder = decode_pool(self._config.decode_processes)
         self._decode_slots = threading.Semaphore(4 * CORES + 8)  # bodies waiting for a decoder

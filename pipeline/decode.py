@@ -18,6 +18,7 @@ from PIL import Image
 from filters.image_size import NAME as SIZE_FILTER
 from filters.image_size import ImageSizeConfig, check_image_size
 from manifests.schema import Pair, error, filtered
+from pipeline import allocator
 from pipeline.hashing import HashSpec, ImageHashes
 from pipeline.imaging import ImageConfig, ImageError, finish_image, open_image, oriented_size
 
@@ -34,7 +35,7 @@ def decode_pool(processes: int) -> Executor:
     # is then a cheap fork of it.
     multiprocessing.set_forkserver_preload(["__main__", __name__])
     context = multiprocessing.get_context("forkserver")
-    return ProcessPoolExecutor(processes or CORES, mp_context=context)
+    return ProcessPoolExecutor(processes or CORES, mp_context=context, initializer=allocator.tune)
 
 
 def finish_pair(
