@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
 from manifests.io import ensure_writable_dir, file_versions, join, match_files, read_bytes
 from manifests.readers import check_columns
@@ -31,6 +32,7 @@ from pipeline.crawl_cache import CrawlCache, fingerprint
 from pipeline.dedup_image import EXAMPLES
 from pipeline.image_store import STORE_ERROR
 from pipeline.read import ROWS
+from pipeline.shuffle import ShuffleOptions
 from pipeline.stage import Context, CountStatuses, Stage, funnel_rows
 from pipeline.stages import options, stages
 
@@ -151,6 +153,13 @@ def _apply(stage: Stage, pairs, ctx: Context):
     return out["pairs"]
 
 
+def _spill_locally(pipeline: beam.Pipeline, folder: str) -> None:
+    """On the local runner, the group-by-key steps spill to `folder` (`pipeline.shuffle`)."""
+    shuffle = pipeline.options.view_as(ShuffleOptions)
+    if isinstance(pipeline.runner, FnApiRunner) and not shuffle.local_shuffle_dir:
+        shuffle.local_shuffle_dir = folder
+
+
 def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection | None:
     """Wire the stages onto `pipeline`; None when the output is already complete. Deletes
     nothing (`prepare` does, at run time).
@@ -165,6 +174,7 @@ def build(pipeline: beam.Pipeline, config: PipelineConfig) -> beam.PCollection |
         log.info("%s is already complete (fingerprint %s); nothing to do", config.output, run_id)
         return None
     staging = join(config.output, STAGING)
+    _spill_locally(pipeline, join(staging, "shuffle"))
     ctx = Context(config, paths, staging, _cache_folder(config, paths))
     ctx.shared["extra"] = {"fingerprint": run_id, "inputs": paths, "config": asdict(config)}
     *curation, writer = config.running()

@@ -149,6 +149,19 @@ def test_multi_processing_gives_the_same_shards(crawled, tmp_path):
     assert manifest(tmp_path) == manifest(out)
 
 
+def test_shuffles_spill_to_the_folder_named_and_leave_it_empty(crawled, tmp_path):
+    path, _, out, stats = crawled
+    spill = tmp_path / "spill"
+    other = run(path, tmp_path / "out", f"--local_shuffle_dir={spill}")
+    assert spill.is_dir() and not any(spill.iterdir())  # written, then read and deleted
+    assert not (tmp_path / "out" / "_staging").exists()
+    for shard in stats["shards"]:
+        assert (tmp_path / "out" / "shards" / shard).read_bytes() == (
+            out / "shards" / shard
+        ).read_bytes()
+    assert other["status_counts"] == stats["status_counts"]
+
+
 def test_every_input_format_in_one_run(tmp_path, server, corpus):
     lists = tmp_path / "lists"
     lists.mkdir()
