@@ -210,6 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = shlex.split(args.openwit_args)
     work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)  # the servers write their address here
     paths = make_corpus(work.parent / f"photos-{args.images}", args.images)
     names = [p.name for p in paths]
     print(json.dumps({"profile": len(paths[:300]), **decode_cost(paths[:300], args.img2dataset)}))
