@@ -58,8 +58,8 @@ def _keys(name: str):
 
 
 class _CountFn(beam.DoFn):
-    """Counts each (key, value) and passes (encoded key, pickled value, key) on: the bytes a
-    step moves, and the encodings both shuffle paths need."""
+    """The encoding both shuffle paths share: `_encode` turns (key, value) into (the key's
+    deterministic encoding, the pickled value or (tag, value)) and counts the bytes."""
 
     def __init__(self, name: str, tag: str | None):
         self._name, self._tag = name, tag
@@ -165,6 +165,7 @@ def unpickle(values: list[bytes], tags: tuple[str, ...] | None):
 
 
 def _unpack(key, values: list[bytes], tags: tuple[str, ...] | None = None) -> tuple:
+    # the default only because MapTuple refuses extra arguments without one
     return key, unpickle(values, tags)
 
 
@@ -177,7 +178,7 @@ class _Grouped(beam.PTransform):
 
     def expand(self, inputs):
         tagged = inputs.items() if self._tags else [(None, inputs)]
-        folder = inputs_pipeline(inputs).options.view_as(ShuffleOptions).local_shuffle_dir
+        folder = _pipeline_of(inputs).options.view_as(ShuffleOptions).local_shuffle_dir
         if folder:
             spilled = [
                 pcoll | f"Spill{tag or ''}" >> beam.ParDo(_SpillFn(self._name, tag, folder))
@@ -201,7 +202,7 @@ class _Grouped(beam.PTransform):
         )
 
 
-def inputs_pipeline(inputs) -> beam.Pipeline:
+def _pipeline_of(inputs) -> beam.Pipeline:
     pcoll = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
     return pcoll.pipeline
 
