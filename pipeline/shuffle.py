@@ -39,6 +39,8 @@ from manifests.io import join
 NAMESPACE = "shuffle"
 PARTITIONS = 64  # files per spilled step and bundle; a partition holds 1/64 of the step
 _HEADER = struct.Struct("<II")  # key length, value length
+_FOOTER = struct.Struct("<4sI")  # b"SPIL", records in the file: a file cut anywhere is noticed
+_MAGIC = b"SPIL"
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -102,17 +104,17 @@ class _SpillFn(_CountFn):
         partition = zlib.crc32(encoded) % PARTITIONS
         if partition not in self._files:
             path = join(self._folder, f"{partition:02d}-{uuid.uuid4().hex}.spill")
-            self._files[partition] = (
-                path,
-                FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED),
-            )
-        out = self._files[partition][1]
-        out.write(_HEADER.pack(len(encoded), len(packed)))
-        out.write(encoded)
-        out.write(packed)
+            out = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+            self._files[partition] = [path, out, 0]
+        entry = self._files[partition]
+        entry[1].write(_HEADER.pack(len(encoded), len(packed)))
+        entry[1].write(encoded)
+        entry[1].write(packed)
+        entry[2] += 1
 
     def finish_bundle(self):
-        for partition, (path, out) in sorted(self._files.items()):
+        for partition, (path, out, records) in sorted(self._files.items()):
+            out.write(_FOOTER.pack(_MAGIC, records))
             out.close()
             yield GlobalWindows.windowed_value((partition, path))
         self._files = {}
@@ -122,18 +124,43 @@ def read_partition(paths: list[str]) -> dict[bytes, list[bytes]]:
     """{encoded key: [pickled values]} of one partition's files, which are then deleted."""
     table: dict[bytes, list[bytes]] = defaultdict(list)
     for path in sorted(paths):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = f.read()
+        data = _read_spill(path)
+        end = len(data) - _FOOTER.size
+        magic, records = _FOOTER.unpack_from(data, end) if end >= 0 else (b"", 0)
         offset = 0
-        while offset < len(data):
+        while offset < end and magic == _MAGIC:
             key_length, value_length = _HEADER.unpack_from(data, offset)
             offset += _HEADER.size
             key = data[offset : offset + key_length]
             offset += key_length
             table[key].append(data[offset : offset + value_length])
             offset += value_length
+            records -= 1
+        if magic != _MAGIC or offset != end or records != 0:
+            raise SpillError(path, f"cut short ({len(data)} bytes, no intact end record)")
     FileSystems.delete(sorted(paths))
     return table
+
+
+class SpillError(RuntimeError):
+    """A spill file was changed under the run: the shuffle cannot be trusted, so the run stops
+    (rerunning resumes from the crawl cache)."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(
+            f"local shuffle file {path} is {problem}: something removed or truncated it during "
+            "the run; run the same command again (finished crawl batches are reused)"
+        )
+
+
+def _read_spill(path: str) -> bytes:
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return f.read()
+    except OSError as exc:  # Beam's BeamIOError is one
+        if not FileSystems.exists(path):
+            raise SpillError(path, "missing") from exc
+        raise
 
 
 class _UnspillFn(beam.DoFn):

@@ -4,13 +4,23 @@ and leaves nothing on disk; both paths count what they move."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.runners import local_runner
-from pipeline.shuffle import MeteredCoGroupByKey, MeteredGroupByKey, shuffle_counters
+from pipeline.shuffle import (
+    PARTITIONS,
+    MeteredCoGroupByKey,
+    MeteredGroupByKey,
+    SpillError,
+    _SpillFn,
+    read_partition,
+    shuffle_counters,
+)
 
 
 def elements() -> list[tuple]:
@@ -90,3 +100,26 @@ def test_spilled_group_by_key_of_nothing_is_nothing(tmp_path):
 
     run(build, str(tmp_path / "spill"))
     assert not (tmp_path / "spill").exists()
+
+
+def spill_files(folder) -> list[str]:
+    """The spill files one bundle of `elements()` writes, as the local runner's step does."""
+    spill = _SpillFn("test", None, str(folder))
+    spill.setup()
+    spill.start_bundle()
+    for element in elements():
+        spill.process(element)
+    return [value.value[1] for value in spill.finish_bundle()]
+
+
+def test_a_spill_file_cut_short_or_removed_stops_the_step_with_its_name(tmp_path):
+    files = spill_files(tmp_path)
+    assert len(files) == PARTITIONS and sum(map(len, read_partition(files[:1]).values())) > 0
+    for n, cut in enumerate((8, 3, 2000)):  # the end record exactly, inside it, further in
+        truncated = files[1 + n]
+        data = Path(truncated).read_bytes()
+        Path(truncated).write_bytes(data[: len(data) - cut])
+        with pytest.raises(SpillError, match=rf"{truncated} is cut short"):
+            read_partition([truncated])
+    with pytest.raises(SpillError, match=rf"{files[0]} is missing"):
+        read_partition([files[0]])  # read (and deleted) above
