@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from manifests.io import join, read_bytes
-from pipeline import allocator, progress, runners
+from pipeline import allocator, disk, progress, runners
 from pipeline.config_flags import add_config_flags, config_from_flags
 from pipeline.console import CrawlBar, summary_table
 from pipeline.graph import PipelineConfig, build, prepare
@@ -112,18 +112,26 @@ def configure_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The command line: a quiet console with a live crawl bar on local runs, then a summary."""
-    args, beam_args = make_parser(argv).parse_known_args(argv)
+    parser = make_parser(argv)
+    args, beam_args = parser.parse_known_args(argv)
     configure_logging(args.verbose)
     local = PipelineOptions(beam_args).view_as(StandardOptions).runner in LOCAL_RUNNERS
     bar = CrawlBar() if local else None
     progress.install(bar)
     start = time.monotonic()
+    full_disk = None
     try:
         result = run(argv)
+    except Exception as exc:
+        full_disk = disk.full_disk_message(exc, args.output)
+        if full_disk is None:
+            raise
     finally:
         progress.install(None)
         if bar is not None:
             bar.close()
+    if full_disk is not None:  # after the bar is gone, so the line stays readable
+        parser.exit(1, f"{parser.prog}: error: {full_disk}\n")
     if result is None:
         print(f"{args.output} is already complete; nothing to do (--no-resume redoes it)")
         return

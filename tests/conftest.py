@@ -21,6 +21,21 @@ from demo.server import CorpusServer
 LOOPBACK = "127.0.0.0/8"
 
 
+def output_files(folder: Path) -> dict[str, bytes]:
+    """The bytes of a run's shards and manifest, and its stats less what names the folder: what a
+    rerun must reproduce exactly."""
+    files = {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for sub in ("shards", "manifest")
+        for p in sorted((folder / sub).iterdir())
+    }
+    stats = json.loads((folder / "stats.json").read_text())
+    for varying in ("config", "fingerprint"):  # they name the output folder
+        stats.pop(varying)
+    files["stats"] = json.dumps(stats, sort_keys=True).encode()
+    return files
+
+
 @pytest.fixture(scope="session")
 def corpus() -> list[SyntheticImage]:
     return generate(24, seed=7, min_side=120, max_side=600)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import LOOPBACK
+from conftest import LOOPBACK, output_files
 
 import beam_runner
 
@@ -37,19 +37,6 @@ def command(input_path: Path, output: Path) -> list[str]:
         "--threads",
         "2",
     ]
-
-
-def outputs(folder: Path) -> dict[str, bytes]:
-    files = {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for sub in ("shards", "manifest")
-        for p in sorted((folder / sub).iterdir())
-    }
-    stats = json.loads((folder / "stats.json").read_text())
-    for varying in ("config", "fingerprint"):  # they name the output folder
-        stats.pop(varying)
-    files["stats"] = json.dumps(stats, sort_keys=True).encode()
-    return files
 
 
 def slow_requests(server) -> int:
@@ -87,7 +74,7 @@ def test_kill_and_rerun_gives_identical_outputs(tmp_path, server, corpus):
     )
     refetched = slow_requests(server) - fetched_before
 
-    assert outputs(killed) == outputs(reference)
+    assert output_files(killed) == output_files(reference)
     assert refetched <= ROWS - 6 * batches_before_kill  # finished batches were not fetched again
     assert not list(killed.glob("_crawl_cache/*/*"))  # the cache is gone once the run is complete
 
@@ -154,12 +141,12 @@ def test_an_unreadable_cache_file_is_fetched_again(tmp_path, server, corpus):
     out = tmp_path / "out"
     argv = [*command(input_path, out)[2:], "--keep-crawl-cache", "--batch-rows", "2"]
     assert beam_runner.run(argv) is not None
-    reference = outputs(out)
+    reference = output_files(out)
     (out / "stats.json").unlink()
     cached = sorted(out.glob("_crawl_cache/*/*.parquet"))
     cached[0].write_bytes(cached[0].read_bytes()[:100])  # truncated
     assert beam_runner.run(argv) is not None
-    assert outputs(out) == reference
+    assert output_files(out) == reference
 
 
 FAILING_SETUP = """
@@ -190,8 +177,8 @@ def test_a_failed_run_leaves_the_previous_outputs_in_place(tmp_path, server, cor
     out = tmp_path / "out"
     argv = command(input_path, out)[2:]
     assert beam_runner.run(argv) is not None
-    before = outputs(out)
+    before = output_files(out)
     with pytest.raises(Exception, match="this filter cannot start"):
         beam_runner.run([*argv, "--filter-plugins", "boom_filter", "--filters", "boom"])
-    assert outputs(out) == before
+    assert output_files(out) == before
     assert beam_runner.run(argv) is None  # still complete
