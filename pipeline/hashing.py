@@ -75,7 +75,7 @@ def normalize_url(url: str) -> str:
 class ImageHashes:
     """What the dedup stage needs of one image."""
 
-    digest: str  # blake2b of the decoded pixels (mode, size, bytes)
+    digest: str  # sha256 of the encoded image (the crawl re-encodes every image)
     phash: int  # 64-bit perceptual hash as an unsigned int
     views: tuple[int, ...]  # hashes of the mirrored image and of centre zooms, when asked for
     colour: bytes  # `colour_signature`, or b"" when not asked for
@@ -106,26 +106,35 @@ def caption_key(caption: str) -> str:
     return hashlib.blake2b(words.encode(), digest_size=8).hexdigest()
 
 
-def pixel_digest(image: Image.Image) -> str:
-    """A digest of the decoded pixels, not the file: the same picture stored with other metadata
-    or by another encoder build hashes the same, and we decode for the pHash anyway."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{image.mode}:{image.width}x{image.height}:".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
+HASH_SIDE = 64  # px: images are hashed from a decode about this large on its shorter side
+
+
+def hashing_view(data: bytes) -> Image.Image:
+    """`data` decoded small for hashing: RGB, about HASH_SIDE px on its shorter side. A JPEG is
+    decoded at that size by libjpeg's DCT scaling (a 256 px shard JPEG in a fifth of the full
+    decode's time); other formats are box-reduced. Every hash here looks at 32 px or less, so
+    the detail lost is detail they never saw."""
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.draft("RGB", (HASH_SIDE, HASH_SIDE))
+        image = opened.convert("RGB")
+    factor = min(image.size) // HASH_SIDE
+    return image.reduce(factor) if factor > 1 else image
 
 
 def perceptual_hash(image: Image.Image, hash_name: str) -> int:
     """`hash_name`'s 64-bit hash of `image` as an unsigned int (bit order as imagehash's hex)."""
-    return int(str(HASH_FUNCTIONS[hash_name](image)), 16)
+    bits = HASH_FUNCTIONS[hash_name](image).hash.ravel()  # row-major, first bit highest
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
 def centre_zoom(image: Image.Image, fraction: float) -> Image.Image:
     """The centre `fraction` of `image`'s width and height: what a copy cropped by 1 - fraction
-    shows. Hashing it lets a cropped copy meet its original (pHash alone is not crop-tolerant)."""
+    shows. Hashing it lets a cropped copy meet its original (pHash alone is not crop-tolerant).
+    The crop box is fractional (resampled), so a small hashing view crops exactly as much."""
     width, height = image.size
-    dx, dy = round(width * (1 - fraction) / 2), round(height * (1 - fraction) / 2)
-    return image.crop((dx, dy, width - dx, height - dy))
+    dx, dy = width * (1 - fraction) / 2, height * (1 - fraction) / 2
+    size = (max(1, round(width * fraction)), max(1, round(height * fraction)))
+    return image.resize(size, Image.Resampling.BILINEAR, box=(dx, dy, width - dx, height - dy))
 
 
 # The colour signature: mean opponent chroma (red-green, yellow-blue) over a 4x4 grid, halved
@@ -165,13 +174,14 @@ def hash_image(
     zoom: tuple[float, ...] = (),
     colour: bool = False,
 ) -> ImageHashes:
-    """Decode `data` and hash it; raises OSError/ValueError when it is not a readable image."""
-    with Image.open(io.BytesIO(data)) as opened:
-        image = opened.convert("RGB")
+    """Hash an encoded image (the shard's JPEG); raises OSError/ValueError when it is not a
+    readable image. The digest is the file's sha256: the crawl re-encodes every image, so the
+    same pixels give the same bytes whatever container or metadata they came in."""
+    image = hashing_view(data)
     views = [ImageOps.mirror(image)] if mirror else []
     views += [centre_zoom(image, fraction) for fraction in zoom]
     return ImageHashes(
-        digest=pixel_digest(image),
+        digest=hashlib.sha256(data).hexdigest(),
         phash=perceptual_hash(image, hash_name),
         views=tuple(perceptual_hash(view, hash_name) for view in views),
         colour=colour_signature(image) if colour else b"",
