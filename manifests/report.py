@@ -170,6 +170,8 @@ def _dedup_groups(output: Path) -> str:
     for group, members in groups.items():
         members.sort(key=lambda r: (r["key"] != group, r["key"]))
         figures = "".join(_img(m["jpeg"], f"{m['key']} ({m['status']})", 110) for m in members)
+        copies, shown = members[0]["group_copies"], len(members) - 1
+        parts.append(f"<p>{html.escape(group)} and {copies:,} near copies ({shown} shown)</p>")
         parts.append(f'<div class="grid">{figures}</div>')
     return "".join(parts)
 

@@ -35,6 +35,10 @@ class Sig(NamedTuple):
     colour: bytes
     text: str  # `caption_key` in the pair scope, "" in the image scope
 
+    @property
+    def node(self) -> tuple[int, bytes, str]:
+        return self.phash, self.colour, self.text
+
 
 class ExactGroup(NamedTuple):
     """Pairs with identical pixels (and caption key): the survivor `rep` (smallest key) and the
@@ -68,11 +72,22 @@ def resolve_urls(url_key: tuple[str, str], pairs: list[Pair]) -> list[Pair]:
     return [pairs[0], *dups]
 
 
-def exact_group(_pixels: tuple[str, str], sigs: list[Sig]) -> ExactGroup:
+def exact_group(_pixels, sigs: list[Sig]) -> ExactGroup:
     sigs = sorted(sigs)
     first = sigs[0]
     dups = tuple(s.key for s in sigs[1:])
     return ExactGroup(first.key, dups, first.phash, first.views, first.colour, first.text)
+
+
+def node_groups(node: tuple[int, bytes, str], sigs: list[Sig], exact: bool):
+    """(smallest key, (node, its exact groups in order)) of one node. Identical pixels have
+    identical hashes, so a node holds whole exact groups, and grouping by node alone finds
+    both; without exact dedup each image is a group of its own."""
+    members: dict[str, list[Sig]] = {}
+    for sig in sigs:
+        members.setdefault(sig.digest if exact else sig.key, []).append(sig)
+    groups = sorted(exact_group(pixels, sigs) for pixels, sigs in members.items())
+    return groups[0].rep, (node, groups)
 
 
 def bucket_entries(node: tuple[int, bytes, str], groups: list[ExactGroup], layout):

@@ -32,7 +32,6 @@ from pipeline.dedup_groups import (
     CONTAMINATED,
     DUP_EXACT,
     DUP_NEAR,
-    ExactGroup,
     Sig,
     apply_decision,
     bucket_edges,
@@ -41,6 +40,7 @@ from pipeline.dedup_groups import (
     eval_entries,
     exact_group,
     node_decisions,
+    node_groups,
 )
 from pipeline.hashing import (
     band_layout,
@@ -118,20 +118,49 @@ class _HashEvalFn(beam.DoFn):
 # ---- the image dedup transform -------------------------------------------------------------
 
 EXAMPLE_GROUPS = 6
+EXAMPLE_COPIES = 11  # copies shown per group beside its survivor
 
 
 def _stable_hash(key: str) -> int:
     return zlib.crc32(key.encode())
 
 
-def example_thumbnail(key: str, joined: dict, groups: list[str]):
-    """(group, key, status, thumbnail JPEG) when this pair belongs to one of `groups`."""
+class FirstCopies(beam.CombineFn):
+    """A group's size and the `n` copy keys that hash smallest: which copies the report shows,
+    in memory bounded by `n` however many thousand copies a picture has."""
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def create_accumulator(self) -> tuple[int, list[str]]:
+        return 0, []
+
+    def add_input(self, accumulator, key: str):
+        return self.merge_accumulators([accumulator, (1, [key])])
+
+    def merge_accumulators(self, accumulators):
+        sizes, keys = zip(*accumulators, strict=True)
+        merged = sorted({k for ks in keys for k in ks}, key=lambda k: (_stable_hash(k), k))
+        return sum(sizes), merged[: self._n]
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def shown_members(group: str, size_and_copies: tuple[int, list[str]]):
+    """(member key, (group, copies in the group)) of the survivor and each copy shown."""
+    size, copies = size_and_copies
+    for key in (group, *copies):
+        yield key, (group, size)
+
+
+def example_thumbnail(key: str, joined: dict, shown: dict[str, tuple[str, int]]):
+    """(group, key, status, copies in the group, thumbnail JPEG) when this pair is shown."""
+    if key not in shown:
+        return
+    group, size = shown[key]
     (pair,) = joined["pair"]
     decisions = joined["decision"]
-    decision = decisions[0] if decisions else None
-    group = decision.dup_of if decision and decision.status == DUP_NEAR else key
-    if group not in groups:
-        return
     try:
         data = image_bytes(pair)
     except StoreError as exc:
@@ -142,7 +171,7 @@ def example_thumbnail(key: str, joined: dict, groups: list[str]):
         thumbnail.thumbnail((128, 128))
         out = io.BytesIO()
         thumbnail.save(out, format="JPEG", quality=85)
-    yield group, key, decision.status if decision else "ok", out.getvalue()
+    yield group, key, decisions[0].status if decisions else "ok", size, out.getvalue()
 
 
 IMAGE_STATS = (
@@ -173,18 +202,8 @@ class ImageDedup(beam.PTransform):
         hashed = pairs | "Hash" >> beam.ParDo(_HashFn(config)).with_outputs(
             _HashFn.SIGS, _HashFn.HASHED, _HashFn.EVENTS, main="passed"
         )
-        sigs = hashed[_HashFn.SIGS]
-        if config.exact:
-            groups = (
-                sigs
-                | "KeyByPixels" >> beam.Map(lambda s: ((s.digest, s.text), s))
-                | "GroupByPixels" >> MeteredGroupByKey("dedup_image")
-                | "ExactGroups" >> beam.MapTuple(exact_group)
-            )
-        else:
-            groups = sigs | "Singletons" >> beam.Map(lambda s: ExactGroup(s.key, (), *s[2:]))
         events = [hashed[_HashFn.EVENTS]]
-        decisions = self._decide(groups, events)
+        decisions = self._decide(hashed[_HashFn.SIGS], events)
         joined = {"pair": hashed[_HashFn.HASHED], "decision": decisions} | (
             "JoinDecisions" >> MeteredCoGroupByKey("dedup_join")
         )
@@ -198,19 +217,27 @@ class ImageDedup(beam.PTransform):
         )
         return {"pairs": merged, "stats": stats, "examples": _examples(decisions, joined)}
 
-    def _decide(self, groups, events: list):
+    def _decide(self, sigs, events: list):
         """(key, Decision) of every dropped hashed pair."""
         config = self._config
         if not (config.near or self._eval_paths):
-            return groups | "ExactDecisions" >> beam.FlatMap(
-                lambda g: node_decisions([g], None, near=False, threshold=config.threshold)
+            return (
+                sigs
+                | "KeyByPixels" >> beam.Map(lambda s: ((s.digest, s.text), s))
+                | "GroupByPixels" >> MeteredGroupByKey("dedup_image")
+                | "ExactDecisions"
+                >> beam.FlatMapTuple(
+                    lambda pixels, ss: node_decisions(
+                        [exact_group(pixels, ss)], None, near=False, threshold=config.threshold
+                    )
+                )
             )
         layout = band_layout(config.bands)
         nodes = (
-            groups
-            | "KeyByNode" >> beam.Map(lambda g: (g.node, g))
+            sigs
+            | "KeyByNode" >> beam.Map(lambda s: (s.node, s))
             | "GroupByNode" >> MeteredGroupByKey("dedup_image")
-            | "ByNodeKey" >> beam.MapTuple(lambda node, gs: (min(gs).rep, (node, sorted(gs))))
+            | "NodeGroups" >> beam.MapTuple(lambda node, ss: node_groups(node, ss, config.exact))
         )
         verdicts, clean = [], nodes
         if self._eval_paths:
@@ -288,22 +315,32 @@ class ImageDedup(beam.PTransform):
 
 
 def _examples(decisions, joined):
-    """Thumbnails of a few near-duplicate groups (the survivor and its copies) for the report:
-    the groups whose survivor key hashes smallest, so every runner picks the same ones."""
+    """Thumbnails of a few near-duplicate groups (the survivor and up to EXAMPLE_COPIES of its
+    copies) for the report: the groups whose survivor key hashes smallest and the copies whose
+    keys do, so every runner picks the same ones and reads a few dozen images, not every copy."""
+    copies = decisions | "NearCopies" >> beam.FlatMap(
+        lambda kd: [(kd[1].dup_of, kd[0])] if kd[1].status == DUP_NEAR else []
+    )
     groups = (
-        decisions
-        | "NearGroups"
-        >> beam.FlatMap(lambda kd: [kd[1].dup_of] if kd[1].status == DUP_NEAR else [])
+        copies
+        | "GroupNames" >> beam.Keys()
         | "DistinctGroups" >> beam.Distinct()
         | "FirstGroups" >> beam.combiners.Top.Smallest(EXAMPLE_GROUPS, key=_stable_hash)
     )
+    shown = (
+        copies
+        | "InFirstGroups"
+        >> beam.Filter(lambda gk, chosen: gk[0] in chosen, beam.pvalue.AsSingleton(groups))
+        | "FirstCopies" >> beam.CombinePerKey(FirstCopies(EXAMPLE_COPIES))
+        | "ShownMembers" >> beam.FlatMapTuple(shown_members)
+    )
     return joined | "Thumbnails" >> beam.FlatMap(
-        lambda item, chosen: example_thumbnail(*item, chosen), beam.pvalue.AsSingleton(groups)
+        lambda item, members: example_thumbnail(*item, members), beam.pvalue.AsDict(shown)
     )
 
 
 def write_examples(rows: list[tuple], path: str) -> None:
-    names = ("group", "key", "status", "jpeg")
+    names = ("group", "key", "status", "group_copies", "jpeg")
     table = pa.table({name: [row[i] for row in sorted(rows)] for i, name in enumerate(names)})
     sink = io.BytesIO()
     pq.write_table(table, sink)

@@ -7,10 +7,12 @@ import io
 import json
 import random
 import tarfile
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from dedup_helpers import drawing, encode, image_pair
@@ -19,7 +21,7 @@ from PIL import Image, ImageDraw, ImageOps
 from manifests.schema import Pair
 from pipeline.dedup import DedupConfig
 from pipeline.dedup_groups import CONTAMINATED, DUP_EXACT, DUP_NEAR
-from pipeline.dedup_image import ImageDedup
+from pipeline.dedup_image import EXAMPLE_COPIES, ImageDedup, write_examples
 from pipeline.hashing import colours_agree, hamming, hash_image, to_hex
 
 
@@ -283,3 +285,29 @@ def test_the_stage_takes_the_crawls_hashes_instead_of_decoding_again(tmp_path):
     out, stats = run_dedup(pairs, config, tmp_path)
     assert out["b"][:2] == (DUP_EXACT, "a")
     assert out["c"][0] == "error:decode" and stats["unreadable"] == 1
+
+
+def test_the_reports_examples_show_a_bounded_sample_of_each_group(tmp_path):
+    """A picture copied 40 times shows its survivor and EXAMPLE_COPIES copies, chosen by key
+    hash (so any runner shows the same), with the group's real size; a pair of copies shows
+    both."""
+    big = [image_pair(f"a{i:02d}", encode(drawing(1).resize((100 + i, 100 + i)), quality=90))
+           for i in range(41)]  # fmt: skip
+    small = [image_pair(f"b{i}", encode(drawing(2).resize((120 + 9 * i,) * 2))) for i in range(2)]
+    pairs = [*big, *small, image_pair("c", encode(drawing(3)))]
+    random.Random(3).shuffle(pairs)
+    path = tmp_path / "examples.parquet"
+    with beam.Pipeline() as p:
+        examples = (p | beam.Create(pairs) | ImageDedup(DedupConfig()))["examples"]
+        examples | beam.combiners.ToList() | beam.Map(write_examples, str(path))
+    rows = pq.read_table(path).to_pylist()
+    groups = {row["group"] for row in rows}
+    assert groups == {"a00", "b0"}
+    shown_big = sorted(r["key"] for r in rows if r["group"] == "a00" and r["key"] != "a00")
+    copies = sorted((p.key for p in big[1:]), key=lambda k: (zlib.crc32(k.encode()), k))
+    assert shown_big == sorted(copies[:EXAMPLE_COPIES])
+    assert {r["group_copies"] for r in rows if r["group"] == "a00"} == {40}
+    assert sorted((r["key"], r["status"], r["group_copies"]) for r in rows if r["group"] == "b0") == [
+        ("b0", "ok", 1), ("b1", DUP_NEAR, 1)]  # fmt: skip
+    for row in rows:
+        assert Image.open(io.BytesIO(row["jpeg"])).size[0] <= 128
