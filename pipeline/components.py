@@ -32,15 +32,23 @@ _NONE = np.iinfo(np.int64).max  # no match: never taken, every row matches itsel
 
 class BucketRows:
     """The rows of one LSH bucket as arrays: hash values, vertex ids (ranks of their keys, so the
-    smallest id is the smallest key), caption-key codes and colour signatures."""
+    smallest id is the smallest key), caption-key codes and colour signatures. Rows with one
+    hash value and caption key match the same rows, so they form one class: the web repeats a
+    picture thousands of times, its recompressed copies under a handful of hash values, and the
+    distance matrix is computed between classes, not rows."""
 
     def __init__(self, keys: list[str], values: list[int], texts: list[str], colours: list[bytes]):
         self.keys = sorted(set(keys))
         rank = {key: i for i, key in enumerate(self.keys)}
         self.vertex = np.fromiter((rank[k] for k in keys), dtype=np.int64, count=len(keys))
-        self.values = np.fromiter(values, dtype=np.uint64, count=len(values))
+        values_array = np.fromiter(values, dtype=np.uint64, count=len(values))
         codes = {text: i for i, text in enumerate(sorted(set(texts)))}
-        self.text = np.fromiter((codes[t] for t in texts), dtype=np.int64, count=len(texts))
+        text = np.fromiter((codes[t] for t in texts), dtype=np.int64, count=len(texts))
+        classes, self.row_class = np.unique(
+            np.stack([values_array, text.astype(np.uint64)], axis=1), axis=0, return_inverse=True
+        )
+        self.row_class = self.row_class.ravel()
+        self.class_values, self.class_text = classes[:, 0], classes[:, 1]
         self.has_colour = np.array([bool(c) for c in colours])
         width = max((len(c) for c in colours), default=0)
         padded = [c if c else bytes(width) for c in colours]
@@ -48,6 +56,12 @@ class BucketRows:
         self.chroma = signed.astype(np.int16) * 2
         achromatic = np.abs(self.chroma).max(axis=1, initial=0) < ACHROMATIC
         self.any_colour_passes = ~self.has_colour | achromatic
+
+    def class_matches(self, start: int, stop: int, threshold: int) -> np.ndarray:
+        """Which classes each of classes start..stop matches: within `threshold` bits, same text."""
+        values, text = self.class_values, self.class_text
+        match = np.bitwise_count(values[start:stop, None] ^ values[None, :]) <= threshold
+        return match & (text[start:stop, None] == text[None, :])
 
     def colour_ok(self, a: np.ndarray, b: np.ndarray, max_distance: float | None) -> np.ndarray:
         """`colours_agree` of rows `a` and rows `b`, element by element, vectorised."""
@@ -63,41 +77,40 @@ def bucket_labels(rows: BucketRows, threshold: int, colour_distance: float | Non
     """Each vertex's smallest connected vertex id, where rows match within `threshold` bits,
     with the same caption key and colours that agree.
 
-    Min-label propagation over the bucket's distance matrix, chunk by chunk, until nothing
-    changes (the bucket's diameter in passes, usually two); labels then agree across every
-    match, so each is its component's smallest id. Each row looks up its smallest
-    matching label first and checks colours against that row alone; only when it fails are
-    the row's colours checked against the whole bucket. So a cluster of n copies costs n^2
-    popcounts per pass, which numpy does in bulk, and O(n) colour checks.
+    Min-label propagation until nothing changes (the bucket's diameter in passes, usually two);
+    labels then agree across every match, so each is its component's smallest id. Each pass
+    takes every class's smallest label and the row holding it, finds per class the smallest
+    among the classes it matches (the class distance matrix, chunk by chunk), and checks each
+    row's colours against that one row; only a row that fails is checked against every row it
+    matches. So n copies under u hash values cost u^2 popcounts and O(n) colour checks a pass.
     """
     label = np.arange(len(rows.keys), dtype=np.int64)
+    all_rows = np.arange(len(rows.vertex))
     changed = True
     while changed:
-        changed = False
-        for start in range(0, len(rows.values), _CHUNK):
-            stop = min(start + _CHUNK, len(rows.values))
-            match = np.bitwise_count(rows.values[start:stop, None] ^ rows.values[None, :])
-            match = (match <= threshold) & (rows.text[start:stop, None] == rows.text[None, :])
-            best = _smallest_matches(rows, match, label, start, colour_distance)
-            own = rows.vertex[start:stop]
-            lower = best < label[own]
-            if lower.any():
-                np.minimum.at(label, own[lower], best[lower])
-                changed = True
+        row_label = label[rows.vertex]
+        class_label = np.full(len(rows.class_values), _NONE, dtype=np.int64)
+        np.minimum.at(class_label, rows.row_class, row_label)
+        holder = np.empty(len(rows.class_values), dtype=np.int64)
+        holding = row_label == class_label[rows.row_class]
+        holder[rows.row_class[holding]] = all_rows[holding]
+        best_class = np.empty(len(rows.class_values), dtype=np.int64)
+        for start in range(0, len(rows.class_values), _CHUNK):
+            stop = min(start + _CHUNK, len(rows.class_values))
+            candidates = np.where(rows.class_matches(start, stop, threshold), class_label, _NONE)
+            best_class[start:stop] = candidates.argmin(axis=1)
+        via = holder[best_class[rows.row_class]]
+        best = row_label[via]
+        for i in np.flatnonzero(~rows.colour_ok(all_rows, via, colour_distance)).tolist():
+            own = rows.row_class[i]
+            matched = rows.class_matches(own, own + 1, threshold)[0][rows.row_class]
+            cols = np.flatnonzero(matched)
+            agree = cols[rows.colour_ok(i, cols, colour_distance)]
+            best[i] = row_label[agree].min()  # the row itself always agrees
+        lower = best < row_label
+        changed = bool(lower.any())
+        np.minimum.at(label, rows.vertex[lower], best[lower])
     return label
-
-
-def _smallest_matches(rows: BucketRows, match, label, start: int, colour_distance) -> np.ndarray:
-    """Per row of `match`, the smallest label among its matches whose colours agree."""
-    candidates = np.where(match, label[rows.vertex][None, :], _NONE)
-    best_col = candidates.argmin(axis=1)
-    best = candidates[np.arange(len(best_col)), best_col]
-    own_rows = np.arange(start, start + len(best_col))
-    for i in np.flatnonzero(~rows.colour_ok(own_rows, best_col, colour_distance)).tolist():
-        cols = np.flatnonzero(match[i])
-        agree = cols[rows.colour_ok(own_rows[i], cols, colour_distance)]
-        best[i] = label[rows.vertex[agree]].min()  # the row itself always agrees
-    return best
 
 
 def bucket_stars(rows: BucketRows, threshold: int, colour_distance) -> Iterator[Edge]:

@@ -43,15 +43,24 @@ def colour(rng: random.Random, base: int) -> bytes:
     return bytes((base + rng.randint(-2, 2)) % 256 for _ in range(32)) if base else bytes(32)
 
 
-def random_bucket(rng: random.Random, size: int) -> tuple[list, list, list, list]:
+def random_bucket(
+    rng: random.Random, size: int, values_per_centre: int | None = None
+) -> tuple[list, list, list, list]:
     """Rows of clusters around a few centres: copies, recoloured copies, greyscale copies,
-    another caption, and rows with the same key twice (a hash and a view)."""
+    another caption, and rows with the same key twice (a hash and a view). With
+    `values_per_centre`, copies repeat a few hash values, as the web's recompressed copies do."""
     centres = [rng.getrandbits(64) for _ in range(6)]
+    if values_per_centre:
+        pools = {c: [flip(c, rng.randint(0, 7), rng) for _ in range(values_per_centre)]
+                 for c in centres}  # fmt: skip
     keys, values, texts, colours = [], [], [], []
     for i in range(size):
         centre = rng.choice(centres)
         keys.append(f"k{rng.randrange(size):05d}" if i % 7 == 0 else f"k{i:05d}")
-        values.append(flip(centre, rng.randint(0, 7), rng))
+        near = (
+            rng.choice(pools[centre]) if values_per_centre else flip(centre, rng.randint(0, 7), rng)
+        )
+        values.append(near)
         texts.append(rng.choice(["", "", "", "other"]))
         colours.append(colour(rng, rng.choice([0, 20, 20, 100])))
     return keys, values, texts, colours
@@ -70,10 +79,11 @@ def bucket_truth(keys, values, texts, colours, threshold: int, distance: float) 
     return brute_force_components(edges)
 
 
-@pytest.mark.parametrize("seed,size", [(0, 60), (1, 300), (2, 1300)])
-def test_a_bucket_resolves_to_the_components_of_its_matches(seed, size):
+@pytest.mark.parametrize("seed,size,values_per_centre", [(0, 60, None), (1, 300, None),
+                                                         (2, 1300, None), (3, 1300, 4)])  # fmt: skip
+def test_a_bucket_resolves_to_the_components_of_its_matches(seed, size, values_per_centre):
     rng = random.Random(seed)
-    keys, values, texts, colours = random_bucket(rng, size)
+    keys, values, texts, colours = random_bucket(rng, size, values_per_centre)
     rows = BucketRows(keys, values, texts, colours)
     assert dict(bucket_stars(rows, 8, 12.0)) == bucket_truth(keys, values, texts, colours, 8, 12.0)
 
