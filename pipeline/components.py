@@ -41,14 +41,12 @@ class BucketRows:
         self.keys = sorted(set(keys))
         rank = {key: i for i, key in enumerate(self.keys)}
         self.vertex = np.fromiter((rank[k] for k in keys), dtype=np.int64, count=len(keys))
-        values_array = np.fromiter(values, dtype=np.uint64, count=len(values))
+        classes: dict[tuple[int, str], int] = {}  # (value, text) -> class, in order of rows
+        row_class = [classes.setdefault(vt, len(classes)) for vt in zip(values, texts, strict=True)]
+        self.row_class = np.array(row_class, dtype=np.int64)
         codes = {text: i for i, text in enumerate(sorted(set(texts)))}
-        text = np.fromiter((codes[t] for t in texts), dtype=np.int64, count=len(texts))
-        classes, self.row_class = np.unique(
-            np.stack([values_array, text.astype(np.uint64)], axis=1), axis=0, return_inverse=True
-        )
-        self.row_class = self.row_class.ravel()
-        self.class_values, self.class_text = classes[:, 0], classes[:, 1]
+        self.class_values = np.fromiter((v for v, _ in classes), np.uint64, count=len(classes))
+        self.class_text = np.fromiter((codes[t] for _, t in classes), np.int64, count=len(classes))
         self.has_colour = np.array([bool(c) for c in colours])
         width = max((len(c) for c in colours), default=0)
         padded = [c if c else bytes(width) for c in colours]
