@@ -9,9 +9,9 @@ The pool is first cleaned of its own copies by a measure independent of the hash
 (mean absolute difference of 16x16 greyscale thumbnails under 8/255), so a copy that Openclipart
 already holds twice is not counted as a false match. Each original gets one variant of each
 kind; every image then goes through the crawl's own resize (`process_image`, 256 px centre
-crop, JPEG 95) as the stage would see it. Keys order originals < distractors < variants, so
-the originals survive; a variant is a true positive when it is dropped as a copy (`dup:near`,
-or `dup:exact`) naming its original's kept key. Precision per kind is true positives over the
+crop, JPEG 95) and is hashed from the pixels it encoded, as the crawl hashes them. Keys order
+originals < distractors < variants, so the originals survive; a variant is a true positive
+when it is dropped as a copy (`dup:near`, or `dup:exact`) naming its original's kept key. Precision per kind is true positives over the
 variants of that kind dropped; `pool_false_merges` counts originals and distractors dropped.
 Configurations (`--configs`): the default (pHash, 8 bits, 8 bands, a second hash of the centre
 95%, colour check at 12 grey levels), pHash alone (no zoom view, no colour check: the stage
@@ -34,6 +34,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -138,15 +139,23 @@ def variants(image: Image.Image, caption: str, rng: random.Random) -> dict[str, 
     }
 
 
-def crawled(key: str, data: bytes) -> Pair:
-    """A pair as the crawl leaves it: the image resized and re-encoded by `process_image`."""
+def crawled(key: str, data: bytes) -> tuple[Pair, Image.Image]:
+    """A pair as the crawl leaves it (the image resized and re-encoded by `process_image`) and
+    the pixels it encoded, which the crawl hashes (`hashed`)."""
+    shown = process_image(data, CRAWL)
     return Pair(
-        key=key, url=f"http://bench.test/{key}", caption=key, image=process_image(data, CRAWL).jpeg
-    )
+        key=key, url=f"http://bench.test/{key}", caption=key, image=shown.jpeg
+    ), shown.pixels
+
+
+def hashed(crawl: list[tuple[Pair, Image.Image]], config: DedupConfig) -> list[Pair]:
+    """The pairs with the hashes the crawl's decode processes would give them under `config`."""
+    spec = config.crawl_hashes
+    return [replace(pair, hashes=spec.of(pair.image, pixels)) for pair, pixels in crawl]
 
 
 def near_dup_corpus(pool: list[Image.Image], originals: int, distractors: int, seed: int):
-    """Pairs, and each variant's (kind, original key)."""
+    """(Pair, pixels) of every image, and each variant's (kind, original key)."""
     rng = random.Random(seed)
     chosen = rng.sample(range(len(pool)), originals + distractors)
     words = ["vector", "free", "clip", "art", "stock", "image", "download", "icon", "of", "a"]
@@ -294,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in filter(None, args.configs.split(",")):
         config = CONFIGS[name]
         start = time.perf_counter()
-        quality[name] = score(run_stage(pairs, config), truth)
+        quality[name] = score(run_stage(hashed(pairs, config), config), truth)
         quality[name]["seconds"] = round(time.perf_counter() - start, 1)
     result = {
         "images": len(pairs),

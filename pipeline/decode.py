@@ -20,7 +20,14 @@ from filters.image_size import ImageSizeConfig, check_image_size
 from manifests.schema import Pair, error, filtered
 from pipeline import allocator
 from pipeline.hashing import HashSpec, ImageHashes
-from pipeline.imaging import ImageConfig, ImageError, finish_image, open_image, oriented_size
+from pipeline.imaging import (
+    ImageConfig,
+    ImageError,
+    ProcessedImage,
+    finish_image,
+    open_image,
+    oriented_size,
+)
 
 log = logging.getLogger(__name__)
 CORES = os.cpu_count() or 1
@@ -69,16 +76,16 @@ def finish_pair(
         original_width=out.original_width,
         original_height=out.original_height,
         sha256=out.sha256,
-        hashes=_hashes(out.jpeg, hashing),
+        hashes=_hashes(out, hashing),
     )
 
 
-def _hashes(jpeg: bytes, hashing: HashSpec | None) -> ImageHashes | None:
-    """The dedup hashes of the shard's JPEG; None leaves them to the dedup stage, which then
-    reports an image it cannot read."""
+def _hashes(out: ProcessedImage, hashing: HashSpec | None) -> ImageHashes | None:
+    """The dedup hashes of the shard's image, from the pixels just encoded; None leaves them to
+    the dedup stage, which then reports an image it cannot read."""
     if hashing is None:
         return None
     try:
-        return hashing.of(jpeg)
+        return hashing.of(out.jpeg, out.pixels)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field, replace
 
+from PIL import Image
+
 from pipeline.config_flags import config_from_flags, option
 from pipeline.hashing import (
     HASH_BITS,
@@ -84,9 +86,11 @@ class DedupConfig:
             colour=self.colour_distance is not None,
         )
 
-    def hash_image(self, data: bytes, views: bool = True) -> ImageHashes:
+    def hash_image(
+        self, data: bytes, views: bool = True, decoded: Image.Image | None = None
+    ) -> ImageHashes:
         """`hashing.hash_image` with this config's `hash_spec`."""
-        return self.hash_spec(views).of(data)
+        return self.hash_spec(views).of(data, decoded)
 
     @property
     def crawl_hashes(self) -> HashSpec:

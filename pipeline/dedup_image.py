@@ -105,8 +105,8 @@ class _HashEvalFn(beam.DoFn):
     def process(self, path: str):
         for ident, data in read_eval_images(path):
             try:
-                jpeg = process_image(data, self._config.eval_image).jpeg
-                hashes = self._config.hash_image(jpeg)
+                shown = process_image(data, self._config.eval_image)
+                hashes = self._config.hash_image(shown.jpeg, decoded=shown.pixels)
             except (ImageError, *_UNREADABLE) as exc:
                 log.warning("skipping unreadable evaluation image %s: %s", ident, exc)
                 yield beam.pvalue.TaggedOutput("events", "eval_unreadable")

@@ -109,6 +109,7 @@ class ProcessedImage:
     original_width: int
     original_height: int
     sha256: str
+    pixels: Image.Image = field(repr=False, compare=False)  # what `jpeg` encodes, for hashing
 
 
 def open_image(
@@ -220,18 +221,19 @@ def finish_image(image: Image.Image, config: ImageConfig) -> ProcessedImage:
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("decode", f"cannot decode image: {exc}") from None
     with decode_budget(config).hold(width * height):
-        jpeg, width, height = _decode_and_encode(image, config)
+        jpeg, pixels = _decode_and_encode(image, config)
     return ProcessedImage(
         jpeg=jpeg,
-        width=width,
-        height=height,
+        width=pixels.width,
+        height=pixels.height,
         original_width=original_width,
         original_height=original_height,
         sha256=hashlib.sha256(jpeg).hexdigest(),
+        pixels=pixels,
     )
 
 
-def _decode_and_encode(image: Image.Image, config: ImageConfig) -> tuple[bytes, int, int]:
+def _decode_and_encode(image: Image.Image, config: ImageConfig) -> tuple[bytes, Image.Image]:
     try:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
@@ -244,4 +246,4 @@ def _decode_and_encode(image: Image.Image, config: ImageConfig) -> tuple[bytes, 
         image.save(out, format="JPEG", quality=config.quality)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError("decode", f"cannot decode image: {exc}") from None
-    return out.getvalue(), image.width, image.height
+    return out.getvalue(), image

@@ -4,6 +4,7 @@ whole run through beam_runner (the image stage on Beam: test_dedup_image.py)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 
@@ -184,12 +185,22 @@ def test_config_from_args():
 
 
 def test_the_crawl_hashes_what_the_dedup_stage_would(corpus):
+    """The crawl hashes the pixels it has just encoded, as the evaluation set's path does, so a
+    training image and the same evaluation image hash alike; the digest is the stored JPEG's."""
     spec = DedupConfig().crawl_hashes
-    image = next(i for i in corpus if i.name.endswith(".jpg"))
-    pair = finish_pair(image_pair("k", None), image.data, ImageConfig(), ImageSizeConfig(), spec)
-    assert pair.is_ok and pair.hashes == spec.of(pair.image)
-    unhashed = finish_pair(image_pair("k", None), image.data, ImageConfig(), ImageSizeConfig())
-    assert unhashed.hashes is None and unhashed.image == pair.image
+    for image in corpus[:6]:
+        pair = finish_pair(
+            image_pair("k", None), image.data, ImageConfig(), ImageSizeConfig(), spec
+        )
+        shown = process_image(image.data, ImageConfig())
+        assert pair.is_ok and pair.hashes == spec.of(shown.jpeg, shown.pixels), image.name
+        assert (
+            pair.hashes.digest
+            == spec.of(pair.image).digest
+            == hashlib.sha256(pair.image).hexdigest()
+        )
+        unhashed = finish_pair(image_pair("k", None), image.data, ImageConfig(), ImageSizeConfig())
+        assert unhashed.hashes is None and unhashed.image == pair.image
 
 
 # ---- the URL stage on Beam, and a whole run -------------------------------------------------
