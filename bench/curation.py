@@ -1,7 +1,8 @@
 """Does curation make a better CLIP? The same model, seed and steps on the raw and curated pools.
 
     python bench/curation.py [--corpus synthetic|real|styles] [--pairs 3000] [--steps 200]
-                             [--seeds 0,1] [--jobs 2] [--ablate [--score-keep 0.7] [--out DIR]]
+                             [--seeds 0,1] [--jobs 2]
+                             [--ablate [--score-keep 0.7] [--out DIR] [--work DIR]]
 
 The corpus is the demo's (`--corpus synthetic`, `demo.webcorpus`: 48 colour-shape concepts
 under a Zipf head; `--corpus real`, `demo.realcorpus`: Noto emoji renders and Openclipart
@@ -29,12 +30,17 @@ however large its pool. Per held-out style (`styles`: Twemoji and Facebook's emo
 name): zero-shot top-1/top-5 averaged over seeds, a 95% bootstrap interval over the evaluation
 images, the seeds' spread, the gain over raw with a paired interval, and retrieval recall. It
 prints the JSON line, writes it to `OUT/ablation.json` and `OUT/report.html` (the "all" pool's
-crawl report, with the ablation's plot and table).
+crawl report, with the ablation's plot and table). Each finished run is stored at once in
+`OUT/runs/POOL-SEED.json` with its settings and the corpus' digest; the same command run again
+(in another session: the files are small enough to commit) trains only the runs missing, and
+crawls only their pools. `--work DIR` keeps the crawls and checkpoints, so a run cut short
+also resumes from its last quarter's checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -42,7 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -94,13 +100,22 @@ def crawl(work: Path, name: str, flags: list[str]) -> dict:
     return json.loads((out / "stats.json").read_text())
 
 
+def crawled(work: Path, name: str, flags: list[str]) -> dict:
+    """`crawl`, unless a finished crawl of this pool is in `work` already (a kept `--work`
+    folder serves one setting: the corpus is the same each time, its URLs' port is not)."""
+    stats = work / name / "stats.json"
+    return json.loads(stats.read_text()) if stats.exists() else crawl(work, name, flags)
+
+
 def train_config(work: Path, pool: str, seed: int, steps: int, batch: int, threads: int,
                  **evaluation) -> TrainConfig:  # fmt: skip
-    """The tiny CLIP on `pool`'s shards: every pool, seed and bench the same but for these."""
+    """The tiny CLIP on `pool`'s shards: every pool, seed and bench the same but for these. A
+    checkpoint every quarter and `resume latest`: a run cut short goes on where it stopped."""
     return TrainConfig(
         shards=str(work / pool / "shards" / "*.tar"), output=str(work / f"train-{pool}-{seed}"),
         model="tiny", batch_size=batch, steps=steps, warmup=max(1, steps // 10), seed=seed,
-        checkpoint_every=steps, log_every=steps, threads=threads, **evaluation,
+        checkpoint_every=max(1, steps // 4), log_every=steps, threads=threads, resume="latest",
+        **evaluation,
     )  # fmt: skip
 
 
@@ -141,7 +156,10 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--score-keep", type=float, default=0.7,
                         help="--ablate: the score filter's --keep-top-fraction")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("curation_out"),
-                        help="--ablate: where ablation.json and report.html go")  # fmt: skip
+                        help="--ablate: where ablation.json, report.html and runs/ go")  # fmt: skip
+    parser.add_argument("--work", type=Path, default=None,
+                        help="--ablate: the crawls and checkpoints, kept for a rerun (default: "
+                        "a temporary folder, removed)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -179,33 +197,95 @@ def write_styles(corpus: WebCorpus, folder: Path) -> dict[str, Path]:
     return {style: folder / style for style in groups}
 
 
-def train_pools(args, work: Path, seeds: list[int], names: list[str], styles: dict) -> dict:
-    """Every seed of every pool in `names`, `--jobs` at a time: pool -> runs in seed order."""
+def corpus_digest(corpus: WebCorpus) -> str:
+    """What the corpus holds (rows, served images, held-out images): runs are comparable only
+    on one corpus, and the packages it is built from could change between machines."""
+    digest = hashlib.sha256()
+    for row in corpus.rows:
+        digest.update(json.dumps([row["path"], row["caption"]]).encode())
+    for name in sorted(corpus.images):
+        digest.update(name.encode() + hashlib.sha256(corpus.images[name]).digest())
+    for jpeg, concept in corpus.heldout:
+        digest.update(concept.encode() + hashlib.sha256(jpeg).digest())
+    return digest.hexdigest()
+
+
+class RunStore:
+    """The finished ablation runs, one JSON file each under `OUT/runs/`, so a rerun of the same
+    settings (in a later session, on another machine) trains only what is missing. A file made
+    under other settings is not a finished run of these."""
+
+    def __init__(self, folder: Path, settings: dict):
+        self.folder, self.settings = folder, settings
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, pool: str, seed: int) -> Path:
+        return self.folder / f"{pool}-{seed}.json"
+
+    def get(self, pool: str, seed: int) -> dict | None:
+        path = self.path(pool, seed)
+        if not path.exists():
+            return None
+        run = json.loads(path.read_text())
+        return run if run.get("settings") == self.settings else None
+
+    def put(self, pool: str, seed: int, run: dict, samples: int) -> None:
+        run = {"settings": self.settings, "pool": pool, "seed": seed, "samples": samples, **run}
+        tmp = self.path(pool, seed).with_suffix(".tmp")
+        tmp.write_text(json.dumps(run))
+        tmp.replace(self.path(pool, seed))
+
+
+def train_missing(args, work: Path, store: RunStore, runs: list[tuple[str, int]],
+                  samples: dict, styles: dict) -> None:  # fmt: skip
+    """Train `runs` (pool, seed), `--jobs` at a time, storing each as soon as it finishes."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as executor:
-        futures = {(pool, seed): executor.submit(train_and_evaluate, work, pool, seed, args.steps,
-                                                 args.batch_size, threads, styles)
-                   for pool in names for seed in seeds}  # fmt: skip
-    return {pool: [futures[pool, seed].result() for seed in seeds] for pool in names}
+        futures = {executor.submit(train_and_evaluate, work, pool, seed, args.steps,
+                                   args.batch_size, threads, styles): (pool, seed)
+                   for pool, seed in runs}  # fmt: skip
+        for future in as_completed(futures):
+            pool, seed = futures[future]
+            store.put(pool, seed, future.result(), samples[pool])
 
 
 def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCorpus) -> dict:
     """Raw first (its first seed's model scores the pools that use the score filter), then
-    every other pool; the same samples seen by every run."""
+    every other pool; the same samples seen by every run. Runs already in `OUT/runs/` under the
+    same settings are taken as they are; only the pools with runs missing are crawled."""
     start = time.monotonic()
     styles = write_styles(corpus, work / "styles")
     options = recipe_crawl(work)
     options["filters"] = f"{options['filters']},score"
-    options["score-checkpoint"] = str(work / f"train-raw-{seeds[0]}" / "checkpoints" / "latest.pt")
+    scorer = work / f"train-raw-{seeds[0]}" / "checkpoints" / "latest.pt"
+    options["score-checkpoint"] = str(scorer)
     options["keep-top-fraction"] = args.score_keep
     pools = ablation.pools()
     flags = {pool: ablation.pool_flags(options, stages) for pool, stages in pools.items()}
-    samples = {"raw": crawl(work, "raw", flags["raw"])["samples"]}
-    runs = train_pools(args, work, seeds, ["raw"], styles)
+    settings = {"corpus": args.corpus, "pairs": args.pairs, "steps": args.steps,
+                "batch_size": args.batch_size, "score_keep": args.score_keep,
+                "corpus_sha256": corpus_digest(corpus)}  # fmt: skip
+    store = RunStore(args.out / "runs", settings)
+    missing = {pool: [s for s in seeds if store.get(pool, s) is None] for pool in pools}
+    raw_runs = [("raw", s) for s in missing["raw"]]
+    remake_scorer = (
+        not scorer.exists()
+        and ("raw", seeds[0]) not in raw_runs
+        and any(missing[p] for p in pools if "score" in pools[p])
+    )  # its run is stored but its model was in another work folder: trained again, the same
+    samples = {}
+    if raw_runs or remake_scorer:
+        samples["raw"] = crawled(work, "raw", flags["raw"])["samples"]
+    if remake_scorer:
+        train(train_config(work, "raw", seeds[0], args.steps, args.batch_size, os.cpu_count()))
+    train_missing(args, work, store, raw_runs, samples, styles)
     for pool in pools:
-        if pool != "raw":
-            samples[pool] = crawl(work, pool, flags[pool])["samples"]
-    runs |= train_pools(args, work, seeds, [p for p in pools if p != "raw"], styles)
+        if pool != "raw" and missing[pool]:
+            samples[pool] = crawled(work, pool, flags[pool])["samples"]
+    rest = [(pool, seed) for pool in pools if pool != "raw" for seed in missing[pool]]
+    train_missing(args, work, store, rest, samples, styles)
+    runs = {pool: [store.get(pool, seed) for seed in seeds] for pool in pools}
+    samples = {pool: rs[0]["samples"] for pool, rs in runs.items()}
     seen = args.steps * args.batch_size
     result = {
         "corpus": args.corpus, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
@@ -219,19 +299,22 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
         "flags": flags, "summary": ablation.summarise({p: [r["styles"] for r in rs]
                                                        for p, rs in runs.items()}),
         "run_seconds": {p: [r["seconds"] for r in rs] for p, rs in runs.items()},
+        "trained_now": len(raw_runs) + len(rest),
     }  # fmt: skip
     result["wall_seconds"] = round(time.monotonic() - start)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps(result, indent=1))
-    build_report(work / "all", work / f"train-all-{seeds[0]}", args.out / "report.html",
-                 [ablation.section(result)])  # fmt: skip
+    trained = work / f"train-all-{seeds[0]}"
+    if (work / "all" / "stats.json").exists():  # not crawled again when its runs were all done
+        build_report(work / "all", trained if trained.exists() else None,
+                     args.out / "report.html", [ablation.section(result)])  # fmt: skip
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     args = arguments(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="openwit-curation-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="openwit-curation-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         corpus = build_corpus(args.corpus, args.pairs, seed=0)
         write_heldout(corpus.heldout, work / "heldout")
@@ -245,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         print(json.dumps({k: v for k, v in result.items() if k != "flags"}))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
