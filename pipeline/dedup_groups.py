@@ -51,10 +51,6 @@ class ExactGroup(NamedTuple):
     colour: bytes
     text: str
 
-    @property
-    def node(self) -> tuple[int, bytes, str]:
-        return self.phash, self.colour, self.text
-
 
 class Decision(NamedTuple):
     status: str
