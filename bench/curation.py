@@ -251,9 +251,10 @@ def train_missing(args, work: Path, store: RunStore, runs: list[tuple[str, int]]
 
 def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCorpus) -> dict:
     """Raw first (its first seed's model scores the pools that use the score filter), then
-    every other pool, seed by seed (a cut-short ablation has every stage at its first seeds);
-    the same samples seen by every run. Runs already in `OUT/runs/` under the same settings are
-    taken as they are; only the pools with runs missing are crawled."""
+    the others seed by seed, "all" first (a cut-short ablation has the curated pool and then
+    every stage at its first seeds); the same samples seen by every run. Runs already in
+    `OUT/runs/` under the same settings are taken as they are; only the pools with runs
+    missing are crawled."""
     start = time.monotonic()
     styles = write_styles(corpus, work / "styles")
     options = recipe_crawl(work)
@@ -283,9 +284,8 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
     for pool in pools:
         if pool != "raw" and missing[pool]:
             samples[pool] = crawled(work, pool, flags[pool])["samples"]
-    rest = [
-        (pool, seed) for seed in seeds for pool in pools if pool != "raw" and seed in missing[pool]
-    ]
+    order = ["all", *(pool for pool in pools if pool not in ("raw", "all"))]
+    rest = [(pool, seed) for seed in seeds for pool in order if seed in missing[pool]]
     train_missing(args, work, store, rest, samples, styles)
     runs = {pool: [store.get(pool, seed) for seed in seeds] for pool in pools}
     samples = {pool: rs[0]["samples"] for pool, rs in runs.items()}
