@@ -1,6 +1,8 @@
 """`bench/curation.py --ablate`'s parts: the pools (each curation stage alone), per-image
 evaluation on every held-out style, bootstrap intervals, and the report's table and plot.
 
+    python bench/ablation.py DIR    # the summary of the runs finished so far in DIR/runs/
+
 A pool's flags are the demo recipe's crawl options of its stages only, so "all" is the recipe
 (plus the score filter) and every stage alone is configured exactly as in "all".
 """
@@ -9,12 +11,16 @@ from __future__ import annotations
 
 import base64
 import html
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-import recipe
-from manifests.report import figure_png
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import recipe  # noqa: E402
+from manifests.report import figure_png  # noqa: E402
 
 BASE = ("allowed-networks", "samples-per-shard", "timeout")  # every pool's
 STAGE_FILTERS = {"text_filters": ("lang", "caption"), "image_filters": ("image",),
@@ -151,3 +157,26 @@ def section(result: dict) -> str:
         f'<img src="data:image/png;base64,{image}"><table><tr>'
         + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
     )  # fmt: skip
+
+
+def finished(folder: Path) -> dict[str, list[dict]]:
+    """The runs stored in `folder` (`OUT/runs/`), per pool in `pools()` order and by seed; all
+    made under one set of settings, or they are not one ablation."""
+    runs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    if len({json.dumps(run["settings"], sort_keys=True) for run in runs}) > 1:
+        raise ValueError(f"{folder} holds runs made under different settings")
+    by_pool = {pool: sorted((r for r in runs if r["pool"] == pool), key=lambda r: r["seed"])
+               for pool in pools()}  # fmt: skip
+    return {pool: rs for pool, rs in by_pool.items() if rs}
+
+
+def main(argv: list[str]) -> None:
+    """One JSON line: per pool, its seeds done and the summary of its finished runs."""
+    runs = finished(Path(argv[0]) / "runs")
+    summary = summarise({pool: [run["styles"] for run in rs] for pool, rs in runs.items()})
+    seeds = {pool: [run["seed"] for run in rs] for pool, rs in runs.items()}
+    print(json.dumps({"seeds": seeds, "summary": summary}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,87 @@
+"""`bench/curation.py --ablate`'s pure parts: which flags each pool gets, and the summary of
+stored runs (means, seeds' spread, paired gain intervals) that the README's table comes from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import ablation
+
+RECIPE_CRAWL = {
+    "allowed-networks": "127.0.0.0/8", "samples-per-shard": 1000, "timeout": 2,
+    "filters": "lang,caption,image,score", "min-side": 64, "queries": "q.txt",
+    "max-per-query": 80, "decontaminate": "heldout", "dedup-scope": "pair",
+    "score-checkpoint": "raw.pt", "keep-top-fraction": 0.7,
+}  # fmt: skip
+
+
+def flags_of(stages: set[str]) -> dict[str, str | None]:
+    flags = ablation.pool_flags(RECIPE_CRAWL, stages)
+    return {f: (flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else None)
+            for i, f in enumerate(flags) if f.startswith("--")}  # fmt: skip
+
+
+def test_each_stage_alone_gets_only_its_own_options() -> None:
+    assert flags_of(set()) == {"--allowed-networks": "127.0.0.0/8", "--samples-per-shard": "1000",
+                               "--timeout": "2", "--dedup": "none"}  # fmt: skip
+    text = flags_of({"text_filters"})
+    assert text["--filters"] == "lang,caption" and "--min-side" not in text
+    assert text["--dedup"] == "none"
+    dedup = flags_of({"dedup"})
+    assert dedup["--dedup-scope"] == "pair" and dedup["--decontaminate"] == "heldout"
+    assert "--dedup" not in dedup and "--filters" not in dedup
+    assert flags_of({"balancing"})["--max-per-query"] == "80"
+    score = flags_of({"score"})
+    assert score["--filters"] == "score" and score["--keep-top-fraction"] == "0.7"
+    every = flags_of(set(ablation.STAGES))
+    assert every["--filters"] == "lang,caption,image,score" and "--dedup" not in every
+
+
+def test_a_recipe_option_no_stage_owns_is_refused() -> None:
+    with pytest.raises(ValueError, match="max-pairs"):
+        ablation.pool_flags({**RECIPE_CRAWL, "max-pairs": 10}, set(ablation.STAGES))
+
+
+def hits(rate: float, n: int, rng: np.random.Generator) -> list[int]:
+    return (rng.random(n) < rate).astype(int).tolist()
+
+
+def write_run(folder: Path, pool: str, seed: int, top1: list[int], settings: dict) -> None:
+    style = {"hits1": top1, "hits5": [1] * len(top1), "image_to_text_R@1": 0.5}
+    run = {"settings": settings, "pool": pool, "seed": seed, "samples": 100, "seconds": 1.0,
+           "styles": {"twitter": style}}  # fmt: skip
+    (folder / f"{pool}-{seed}.json").write_text(json.dumps(run))
+
+
+def test_summary_of_finished_runs_gives_the_gain_with_a_paired_interval(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    settings = {"steps": 10}
+    raw = [hits(0.1, 400, rng) for _ in range(3)]
+    better = [hits(0.3, 400, rng) for _ in range(2)]  # a pool with fewer seeds done so far
+    for seed, top1 in enumerate(raw):
+        write_run(tmp_path, "raw", seed, top1, settings)
+    for seed, top1 in enumerate(better):
+        write_run(tmp_path, "all", seed, top1, settings)
+    runs = ablation.finished(tmp_path)
+    assert list(runs) == ["raw", "all"] and [r["seed"] for r in runs["all"]] == [0, 1]
+    summary = ablation.summarise({p: [r["styles"] for r in rs] for p, rs in runs.items()})
+    row = summary["all"]["twitter"]
+    assert row["top1"] == pytest.approx(np.mean(better), abs=1e-4)
+    assert row["top1_seeds"] == [pytest.approx(np.mean(b), abs=1e-4) for b in better]
+    assert row["top1_gain"] == pytest.approx(np.mean(better) - np.mean(raw), abs=1e-4)
+    low, high = row["top1_gain_ci"]
+    assert 0 < low < row["top1_gain"] < high  # a 20-point gain on 400 images is no noise
+    assert row["top5_gain"] == 0 and row["top5_gain_ci"] == [0.0, 0.0]
+    assert summary["raw"]["twitter"]["top1_gain"] == 0
+    assert row["image_to_text_R@1"] == 0.5
+
+
+def test_runs_made_under_other_settings_are_not_one_ablation(tmp_path: Path) -> None:
+    write_run(tmp_path, "raw", 0, [1, 0], {"steps": 10})
+    write_run(tmp_path, "raw", 1, [1, 0], {"steps": 20})
+    with pytest.raises(ValueError, match="different settings"):
+        ablation.finished(tmp_path)
