@@ -1,7 +1,7 @@
 """Filter benchmark: langdetect's accuracy and speed on real multilingual names, and the score
 filter's speed.
 
-    python bench/filters.py [--captions 300] [--score-pairs 512]
+    python bench/filters.py [--captions 300] [--score-pairs 512] [--corpus styles [--pairs 30000]]
 
 Captions are CLDR emoji names from the `emoji` package (the same ~1,660 base emoji named in 14
 languages; skin-tone variants and flags left out): one name ("cara de perro", the hard case)
@@ -11,12 +11,17 @@ Accuracy is langdetect's top language against the name's language (`zh` counts `
 that `--filters lang --lang en` keeps with its defaults (short ones are kept unjudged).
 Throughput is captions/s in one process (one core). The score part scores real JPEGs at batch
 64 on CPU with a tiny random checkpoint; `--checkpoint` adds how a trained one scores held-out
-demo pairs against the same images under another caption. Prints one JSON line.
+demo pairs against the same images under another caption. `--corpus styles` adds the language
+filter's drop rates on that corpus' rows (`demo.stylecorpus`, the ablation's: short English alt
+texts of emoji, icons and clip art, and its foreign noise), with and without `--lang-words`:
+the English rows are the clean ones and their copies, the foreign ones its translated names.
+Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import io
 import json
@@ -102,6 +107,29 @@ def _kept(caption: str, config: LangConfig) -> bool:
     return verdict is None or verdict.reason is None
 
 
+ENGLISH_KINDS = ("clean", "near_duplicate", "repeat_url", "tiny")  # rows with the clean caption
+
+
+def corpus_lang_bench(corpus: str, pairs: int) -> dict:
+    """The share of a demo corpus' English and foreign rows that `--filters lang --lang en`
+    drops, with its defaults and without the word check (each caption judged once)."""
+    from demo.__main__ import build_corpus
+
+    rows = collections.Counter()
+    for row in build_corpus(corpus, pairs, seed=0).rows:
+        if row["kind"] in ENGLISH_KINDS or row["kind"].startswith("foreign_"):
+            rows[row["caption"], row["kind"] in ENGLISH_KINDS] += 1
+    out = {"rows": {"english": sum(n for (_, en), n in rows.items() if en),
+                    "foreign": sum(n for (_, en), n in rows.items() if not en)}}  # fmt: skip
+    for name, config in (("default", LangConfig()), ("no_words", LangConfig(lang_words=False))):
+        dropped = collections.Counter()
+        for (caption, english), n in rows.items():
+            dropped[english] += 0 if _kept(caption, config) else n
+        out[name] = {"english_dropped": round(dropped[True] / out["rows"]["english"], 4),
+                     "foreign_dropped": round(dropped[False] / out["rows"]["foreign"], 4)}  # fmt: skip
+    return out
+
+
 def score_bench(pairs_count: int, batch: int = 64) -> dict:
     """pairs/s of the Scorer at `batch` on CPU, with a tiny random checkpoint."""
     try:
@@ -177,12 +205,17 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=300, help="per language and length")
     parser.add_argument("--score-pairs", type=int, default=512)
     parser.add_argument("--checkpoint", help="a trained checkpoint: report its score separation")
+    parser.add_argument("--corpus", choices=["styles"], help="the lang filter on this corpus too")
+    parser.add_argument("--pairs", type=int, default=30000, help="the corpus' rows")
     args = parser.parse_args()
     names = emoji_names()
     result = {"lang": lang_bench(names, args.captions), "caption": caption_bench(names)}
     result["score"] = score_bench(args.score_pairs)
     if args.checkpoint:
         result["score"]["trained_separation"] = separation(args.checkpoint)
+    if args.corpus:
+        result["lang_on_corpus"] = {"corpus": args.corpus, "pairs": args.pairs,
+                                    **corpus_lang_bench(args.corpus, args.pairs)}  # fmt: skip
     print(json.dumps(result))
 
 

@@ -97,9 +97,41 @@ def test_lang_keeps_a_wanted_language_that_langdetect_ranks_second():
     found = lang.probabilities(caption)
     assert found[0][0] != "en" and dict(found)["en"] >= 0.25, found
     assert check_language(pair(caption), LangConfig()) == Verdict(None, {"language": "en"})
-    strict = check_language(pair(caption), LangConfig(lang_min_prob=0.9))
+    strict = check_language(pair(caption), LangConfig(lang_min_prob=0.9, lang_words=False))
     assert strict == Verdict("low_confidence", {"language": found[0][0]})
     assert check_language(pair(caption), LangConfig(lang=("fr",))).reason == "other_language"
+
+
+# English alt texts langdetect puts elsewhere with high probability, and captions in other
+# languages it gets right, some around English words (the styles corpus' foreign noise)
+MISJUDGED_ENGLISH = ["motorcycle emoji", "video camera icon", "an emoji of Taiwan",
+                     "barber pole emoji", "woman biking icon", "last quarter moon"]  # fmt: skip
+FOREIGN = ["visage avec un doigt sur la bouche", "cara pidiendo silencio", "Hund mit einem Gesicht",
+           "imagen prediseñada de plants", "bandiera papua nuova guinea", "faccina che zittisce"]  # fmt: skip
+
+
+def test_lang_words_keep_english_that_langdetect_misjudges():
+    for caption in MISJUDGED_ENGLISH:
+        alone = check_language(pair(caption), LangConfig(lang_words=False))
+        assert alone.reason in ("other_language", "low_confidence"), (caption, alone)
+        assert alone.updates["language"] != "en"
+        assert check_language(pair(caption), LangConfig()) == Verdict(None, {"language": "en"})
+
+
+def test_lang_words_still_drop_captions_in_other_languages():
+    for caption in FOREIGN:
+        verdict = check_language(pair(caption), LangConfig())
+        assert verdict.reason == "other_language" and verdict.updates["language"] != "en", caption
+
+
+def test_lang_words_judge_against_the_wanted_language():
+    """The same English words do not pass as French, and French words pass as French."""
+    french = LangConfig(lang=("fr",))
+    assert check_language(pair("motorcycle emoji"), french).reason == "other_language"
+    assert check_language(pair(FOREIGN[0]), french) == Verdict(None, {"language": "fr"})
+    # wordfreq splits Chinese words only with jieba: no word check, langdetect decides
+    chinese = LangConfig(lang=("zh",))
+    assert check_language(pair("motorcycle emoji on a road"), chinese).reason == "other_language"
 
 
 def test_lang_is_deterministic_across_fresh_detectors():
