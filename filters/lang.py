@@ -15,7 +15,7 @@ dropped one English caption of three words in eight. A caption in another langua
 any weight in the wanted one.
 
 langdetect's character n-grams are also confidently wrong on short alt texts ("motorcycle
-emoji": Italian 0.99; "video camera icon": not English): on the styles corpus it dropped 8.9%
+emoji": Polish 0.71; "an emoji of Taiwan": Swahili 0.99998): on the styles corpus it dropped 8.9%
 of the English rows to catch 62% of the foreign ones. So a caption it would drop is checked
 word by word (`lang_words`): it is kept when its words are common in a wanted language on
 average (`COMMON_ZIPF`, by wordfreq's frequencies) and, summed over words, no less frequent there
@@ -117,7 +117,12 @@ def _factory(seed: int) -> DetectorFactory:
 
 
 def warm_up(config: LangConfig) -> None:
+    """Load langdetect's profiles and the wanted languages' word lists before the first caption
+    (a guessed language's list loads when first needed)."""
     _factory(config.lang_seed)
+    if config.lang_words:
+        for code in filter(None, map(word_code, config.lang)):
+            wordfreq.get_frequency_dict(code, WORD_LIST)
 
 
 def probabilities(text: str, seed: int = 0) -> list[tuple[str, float]]:
