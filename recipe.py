@@ -79,7 +79,7 @@ def as_flags(options: dict) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if value is True:
             flags.append(flag)
-        elif value not in (False, None):
+        elif value is not False and value is not None:  # `0 in (False,)`: 0 is a value
             flags += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     return flags
 

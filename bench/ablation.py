@@ -26,9 +26,12 @@ BASE = ("allowed-networks", "samples-per-shard", "timeout")  # every pool's
 STAGE_FILTERS = {"text_filters": ("lang", "caption"), "image_filters": ("image",),
                  "score": ("score",)}  # fmt: skip
 STAGE_KEYS = {"image_filters": ("min-side",), "dedup": ("dedup-scope", "decontaminate"),
-              "balancing": ("queries", "max-per-query"),
+              "balancing": ("queries", "max-per-query", "prebalance-headroom"),
               "score": ("score-checkpoint", "keep-top-fraction")}  # fmt: skip
 STAGES = ("text_filters", "dedup", "balancing", "image_filters", "score")
+# all stages, but balanced only after the download and the dedup (MetaCLIP's order): the
+# recipe's pass before the download fills each query's t x h slots with copies of one picture
+VARIANTS = {"all_balance_last": {"prebalance-headroom": 0}}
 BOOTSTRAP = 1000  # resamples of the evaluation images
 
 
@@ -38,7 +41,7 @@ def pool_flags(crawl: dict, stages: set[str]) -> list[str]:
     if set(crawl) - known:  # else "all" would silently differ from the recipe
         raise ValueError(f"no ablation stage owns the recipe's {sorted(set(crawl) - known)}")
     options = {k: v for k, v in crawl.items() if k in BASE}
-    for stage in stages:
+    for stage in (s for s in STAGES if s in stages):  # a set's order changes between processes
         options |= {k: v for k, v in crawl.items() if k in STAGE_KEYS.get(stage, ())}
     wanted = {f for stage in stages for f in STAGE_FILTERS.get(stage, ())}
     filters = [f for f in str(crawl.get("filters", "")).split(",") if f in wanted]
@@ -50,8 +53,16 @@ def pool_flags(crawl: dict, stages: set[str]) -> list[str]:
 
 
 def pools() -> dict[str, set[str]]:
-    """raw, each stage alone, and all of them (the score stage needs a model: last)."""
-    return {"raw": set(), **{stage: {stage} for stage in STAGES}, "all": set(STAGES)}
+    """raw, each stage alone, all of them (the score stage needs a model: last), and the
+    variants of "all"."""
+    every = {"all": set(STAGES)} | {variant: set(STAGES) for variant in VARIANTS}
+    return {"raw": set(), **{stage: {stage} for stage in STAGES}, **every}
+
+
+def flags_of_pools(crawl: dict) -> dict[str, list[str]]:
+    """Every pool's crawl flags: its stages' options from `crawl`, and its variant's."""
+    return {pool: pool_flags({**crawl, **VARIANTS.get(pool, {})}, stages)
+            for pool, stages in pools().items()}  # fmt: skip
 
 
 def evaluate(checkpoint: Path, styles: dict[str, Path]) -> dict:

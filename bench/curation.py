@@ -2,7 +2,7 @@
 
     python bench/curation.py [--corpus synthetic|real|styles] [--pairs 3000] [--steps 200]
                              [--seeds 0,1] [--jobs 2]
-                             [--ablate [--score-keep 0.7] [--out DIR] [--work DIR]]
+                             [--ablate [--pools LIST] [--score-keep 0.7] [--out DIR] [--work DIR]]
 
 The corpus is the demo's (`--corpus synthetic`, `demo.webcorpus`: 48 colour-shape concepts
 under a Zipf head; `--corpus real`, `demo.realcorpus`: Noto emoji renders and Openclipart
@@ -24,8 +24,9 @@ on it). Prints one JSON line with every figure, and the means per pool.
 
 `--ablate` (bench/ablation.py) trains on raw, on each stage alone (text filters, dedup with
 decontamination, balancing, image filters, the score filter keeping the best `--score-keep`
-under a model trained on the raw pool: the first seed's raw run) and on all of them, each
-configured as the recipe configures it. Every run sees the same samples (steps x batch),
+under a model trained on the raw pool: the first seed's raw run), on all of them, each
+configured as the recipe configures it, and on all of them balanced only after the download and
+the dedup (`all_balance_last`: `--prebalance-headroom 0`). Every run sees the same samples (steps x batch),
 however large its pool. Per held-out style (`styles`: Twemoji and Facebook's emoji, by English
 name): zero-shot top-1/top-5 averaged over seeds, a 95% bootstrap interval over the evaluation
 images, the seeds' spread, the gain over raw with a paired interval, and retrieval recall. It
@@ -153,6 +154,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpus", choices=CORPORA, default="synthetic")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at once")
     parser.add_argument("--ablate", action="store_true", help="each stage alone (see above)")
+    parser.add_argument("--pools", default=None,
+                        help="--ablate: train only these pools now, in this order (a comma "
+                        f"list of {', '.join(ablation.pools())}); default every one")  # fmt: skip
     parser.add_argument("--score-keep", type=float, default=0.7,
                         help="--ablate: the score filter's --keep-top-fraction")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("curation_out"),
@@ -213,10 +217,11 @@ def corpus_digest(corpus: WebCorpus) -> str:
 class RunStore:
     """The finished ablation runs, one JSON file each under `OUT/runs/`, so a rerun of the same
     settings (in a later session, on another machine) trains only what is missing. A file made
-    under other settings is not a finished run of these."""
+    under other settings, or for a pool whose flags have changed since (a recipe default), is
+    not a finished run of these."""
 
-    def __init__(self, folder: Path, settings: dict):
-        self.folder, self.settings = folder, settings
+    def __init__(self, folder: Path, settings: dict, flags: dict[str, list[str]]):
+        self.folder, self.settings, self.flags = folder, settings, flags
         folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, pool: str, seed: int) -> Path:
@@ -227,13 +232,20 @@ class RunStore:
         if not path.exists():
             return None
         run = json.loads(path.read_text())
-        return run if run.get("settings") == self.settings else None
+        same = run.get("settings") == self.settings and run.get("flags") == self.flags[pool]
+        return run if same else None
 
     def put(self, pool: str, seed: int, run: dict, samples: int) -> None:
-        run = {"settings": self.settings, "pool": pool, "seed": seed, "samples": samples, **run}
+        run = {"settings": self.settings, "flags": self.flags[pool], "pool": pool, "seed": seed,
+               "samples": samples, **run}  # fmt: skip
         tmp = self.path(pool, seed).with_suffix(".tmp")
         tmp.write_text(json.dumps(run))
         tmp.replace(self.path(pool, seed))
+
+
+def portable(flags: list[str], work: Path) -> list[str]:
+    """`flags` with the work folder written `{work}`: the same pool in another one is the same."""
+    return [flag.replace(str(work), "{work}") for flag in flags]
 
 
 def train_missing(args, work: Path, store: RunStore, runs: list[tuple[str, int]],
@@ -251,10 +263,10 @@ def train_missing(args, work: Path, store: RunStore, runs: list[tuple[str, int]]
 
 def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCorpus) -> dict:
     """Raw first (its first seed's model scores the pools that use the score filter), then
-    the others seed by seed, "all" first (a cut-short ablation has the curated pool and then
-    every stage at its first seeds); the same samples seen by every run. Runs already in
-    `OUT/runs/` under the same settings are taken as they are; only the pools with runs
-    missing are crawled."""
+    the others seed by seed, in `--pools` order ("all" first by default: a cut-short ablation
+    has the curated pool and then every stage at its first seeds); the same samples seen by
+    every run. Runs already in `OUT/runs/` under the same settings and flags are taken as they
+    are; only the pools with runs missing are crawled. The result holds every finished run."""
     start = time.monotonic()
     styles = write_styles(corpus, work / "styles")
     options = recipe_crawl(work)
@@ -263,17 +275,19 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
     options["score-checkpoint"] = str(scorer)
     options["keep-top-fraction"] = args.score_keep
     pools = ablation.pools()
-    flags = {pool: ablation.pool_flags(options, stages) for pool, stages in pools.items()}
+    chosen = training_order(args.pools, pools)
+    flags = ablation.flags_of_pools(options)
     settings = {"corpus": args.corpus, "pairs": args.pairs, "steps": args.steps,
                 "batch_size": args.batch_size, "score_keep": args.score_keep,
                 "corpus_sha256": corpus_digest(corpus)}  # fmt: skip
-    store = RunStore(args.out / "runs", settings)
-    missing = {pool: [s for s in seeds if store.get(pool, s) is None] for pool in pools}
-    raw_runs = [("raw", s) for s in missing["raw"]]
+    store = RunStore(args.out / "runs", settings,
+                     {pool: portable(f, work) for pool, f in flags.items()})  # fmt: skip
+    missing = {pool: [s for s in seeds if store.get(pool, s) is None] for pool in chosen}
+    raw_runs = [("raw", s) for s in missing.get("raw", [])]
     remake_scorer = (
         not scorer.exists()
         and ("raw", seeds[0]) not in raw_runs
-        and any(missing[p] for p in pools if "score" in pools[p])
+        and any(missing[p] for p in chosen if "score" in pools[p])
     )  # its run is stored but its model was in another work folder: trained again, the same
     samples = {}
     if raw_runs or remake_scorer:
@@ -281,26 +295,31 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
     if remake_scorer:
         train(train_config(work, "raw", seeds[0], args.steps, args.batch_size, os.cpu_count()))
     train_missing(args, work, store, raw_runs, samples, styles)
-    for pool in pools:
+    for pool in chosen:
         if pool != "raw" and missing[pool]:
             samples[pool] = crawled(work, pool, flags[pool])["samples"]
-    order = ["all", *(pool for pool in pools if pool not in ("raw", "all"))]
-    rest = [(pool, seed) for seed in seeds for pool in order if seed in missing[pool]]
+    rest = [(pool, seed) for seed in seeds for pool in chosen
+            if pool != "raw" and seed in missing[pool]]  # fmt: skip
     train_missing(args, work, store, rest, samples, styles)
-    runs = {pool: [store.get(pool, seed) for seed in seeds] for pool in pools}
+    runs = {pool: [run for seed in seeds if (run := store.get(pool, seed))] for pool in pools}
+    runs = {pool: rs for pool, rs in runs.items() if rs}
+    if "raw" not in runs:
+        raise SystemExit("no raw run is finished: every gain is measured against raw")
     samples = {pool: rs[0]["samples"] for pool, rs in runs.items()}
     seen = args.steps * args.batch_size
     result = {
         "corpus": args.corpus, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
-        "seeds": seeds, "samples_seen_per_run": seen, "equal_samples_seen": True,
+        "seeds": seeds, "seeds_done": {p: [r["seed"] for r in rs] for p, rs in runs.items()},
+        "complete": all(len(runs.get(pool, [])) == len(seeds) for pool in pools),
+        "samples_seen_per_run": seen, "equal_samples_seen": True,
         "note": f"every run: the tiny CLIP, {args.steps} steps of {args.batch_size} = {seen} "
                 "samples seen, whatever its pool's size; intervals: 95% bootstrap over the "
                 "evaluation images of the seed-averaged hits; score filter: keep the best "
                 f"{args.score_keep} under the raw pool's seed-{seeds[0]} model",
         "samples": samples, "epochs": {p: round(seen / max(n, 1), 2) for p, n in samples.items()},
         "heldout_images": {s: len(list(f.rglob("*.jpg"))) for s, f in styles.items()},
-        "flags": flags, "summary": ablation.summarise({p: [r["styles"] for r in rs]
-                                                       for p, rs in runs.items()}),
+        "flags": {pool: store.flags[pool] for pool in runs},
+        "summary": ablation.summarise({p: [r["styles"] for r in rs] for p, rs in runs.items()}),
         "run_seconds": {p: [r["seconds"] for r in rs] for p, rs in runs.items()},
         "trained_now": len(raw_runs) + len(rest),
     }  # fmt: skip
@@ -311,6 +330,18 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
         build_report(work / "all", trained if trained.exists() else None,
                      args.out / "report.html", [ablation.section(result)])  # fmt: skip
     return result
+
+
+def training_order(names: str | None, pools: dict[str, set[str]]) -> list[str]:
+    """The pools `--pools` names, in its order (raw, when named, always first); by default
+    every pool, "all" first after raw."""
+    if names is None:
+        return ["raw", "all", *(pool for pool in pools if pool not in ("raw", "all"))]
+    chosen = names.split(",")
+    unknown = sorted(set(chosen) - set(pools))
+    if unknown:
+        raise SystemExit(f"--pools: no pool {unknown}; the pools are {', '.join(pools)}")
+    return sorted(chosen, key=lambda pool: pool != "raw")
 
 
 def main(argv: list[str] | None = None) -> None:

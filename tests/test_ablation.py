@@ -85,3 +85,36 @@ def test_runs_made_under_other_settings_are_not_one_ablation(tmp_path: Path) -> 
     write_run(tmp_path, "raw", 1, [1, 0], {"steps": 20})
     with pytest.raises(ValueError, match="different settings"):
         ablation.finished(tmp_path)
+
+
+def test_the_balance_last_variant_is_all_stages_without_the_pass_before_download() -> None:
+    flags = ablation.flags_of_pools(RECIPE_CRAWL)
+    every, last = flags["all"], flags["all_balance_last"]
+    assert "--prebalance-headroom" not in every
+    assert last[last.index("--prebalance-headroom") + 1] == "0"
+    assert [f for f in last if f not in ("--prebalance-headroom", "0")] == every
+
+
+def test_a_stored_run_is_finished_only_under_the_same_settings_and_flags(tmp_path: Path) -> None:
+    from bench.curation import RunStore, portable
+
+    work = tmp_path / "work"
+    flags = {"all": portable(["--queries", f"{work}/queries.txt"], work)}
+    assert flags["all"] == ["--queries", "{work}/queries.txt"]
+    RunStore(tmp_path, {"steps": 10}, flags).put("all", 0, {"styles": {}}, samples=5)
+    assert RunStore(tmp_path, {"steps": 10}, flags).get("all", 0)["samples"] == 5
+    assert RunStore(tmp_path, {"steps": 20}, flags).get("all", 0) is None
+    changed = {"all": [*flags["all"], "--prebalance-headroom", "0"]}  # a recipe default changed
+    assert RunStore(tmp_path, {"steps": 10}, changed).get("all", 0) is None
+
+
+def test_pools_train_in_the_order_named_raw_first_and_unknown_ones_are_refused() -> None:
+    from bench.curation import training_order
+
+    pools = ablation.pools()
+    assert training_order(None, pools)[:2] == ["raw", "all"]
+    assert set(training_order(None, pools)) == set(pools)
+    assert training_order("all_balance_last,raw,balancing", pools) == [
+        "raw", "all_balance_last", "balancing"]  # fmt: skip
+    with pytest.raises(SystemExit, match="no pool"):
+        training_order("all,dedupe", pools)

@@ -86,6 +86,13 @@ def test_recipe_refuses_an_option_no_stage_takes_before_any_step(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_recipe_option_of_zero_is_passed_on_and_only_false_or_null_are_left_out():
+    crawl = {"prebalance-headroom": 0, "min-side": 0.0, "keep-unmatched": False, "queries": None,
+             "no-resume": True}  # fmt: skip
+    assert recipe.as_flags(crawl) == ["--prebalance-headroom", "0", "--min-side", "0.0",
+                                      "--no-resume"]  # fmt: skip
+
+
 def test_help_names_the_default_runner_and_the_refused_one(capsys):
     with pytest.raises(SystemExit):
         beam_runner.make_parser().parse_args(["--help"])
