@@ -29,8 +29,9 @@ STAGE_KEYS = {"image_filters": ("min-side",), "dedup": ("dedup-scope", "decontam
               "balancing": ("queries", "max-per-query", "prebalance-headroom"),
               "score": ("score-checkpoint", "keep-top-fraction")}  # fmt: skip
 STAGES = ("text_filters", "dedup", "balancing", "image_filters", "score")
-# all stages, but balanced only after the download and the dedup (MetaCLIP's order): the
-# recipe's pass before the download fills each query's t x h slots with copies of one picture
+# all stages, but balanced once, after the download and the dedup: the recipe's pass before
+# the download fills a head query's t x h slots with copies of a few pictures, which the dedup
+# then removes
 VARIANTS = {"all_balance_last": {"prebalance-headroom": 0}}
 BOOTSTRAP = 1000  # resamples of the evaluation images
 

@@ -68,7 +68,7 @@ from demo.webcorpus import WebCorpus  # noqa: E402
 from manifests.report import build_report  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
 from pipeline.writers import write_samples  # noqa: E402
-from trainer.checkpoint import load_model  # noqa: E402
+from trainer.checkpoint import load_model, read_step  # noqa: E402
 from trainer.evaluate import load_folder, retrieval  # noqa: E402
 from trainer.train import TrainConfig, train  # noqa: E402
 
@@ -285,10 +285,10 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
     missing = {pool: [s for s in seeds if store.get(pool, s) is None] for pool in chosen}
     raw_runs = [("raw", s) for s in missing.get("raw", [])]
     remake_scorer = (
-        not scorer.exists()
+        (not scorer.exists() or read_step(scorer) < args.steps)  # absent, or cut short
         and ("raw", seeds[0]) not in raw_runs
         and any(missing[p] for p in chosen if "score" in pools[p])
-    )  # its run is stored but its model was in another work folder: trained again, the same
+    )  # its run is stored but its model is not in this work folder: trained (on), the same
     samples = {}
     if raw_runs or remake_scorer:
         samples["raw"] = crawled(work, "raw", flags["raw"])["samples"]
