@@ -29,10 +29,13 @@ STAGE_KEYS = {"image_filters": ("min-side",), "dedup": ("dedup-scope", "decontam
               "balancing": ("queries", "max-per-query", "prebalance-headroom"),
               "score": ("score-checkpoint", "keep-top-fraction")}  # fmt: skip
 STAGES = ("text_filters", "dedup", "balancing", "image_filters", "score")
-# all stages, but balanced once, after the download and the dedup: the recipe's pass before
-# the download fills a head query's t x h slots with copies of a few pictures, which the dedup
-# then removes
-VARIANTS = {"all_balance_last": {"prebalance-headroom": 0}}
+VARIANTS = {  # of "all": its stages and options over the recipe's
+    # balanced once, after the download and the dedup: the recipe's pass before the download
+    # fills a head query's t x h slots with copies of a few pictures, which the dedup removes
+    "all_balance_last": (set(STAGES), {"prebalance-headroom": 0}),
+    # the demo recipe's own curation: every stage but the score filter, which needs a model
+    "recipe": (set(STAGES) - {"score"}, {}),
+}
 BOOTSTRAP = 1000  # resamples of the evaluation images
 
 
@@ -56,13 +59,13 @@ def pool_flags(crawl: dict, stages: set[str]) -> list[str]:
 def pools() -> dict[str, set[str]]:
     """raw, each stage alone, all of them (the score stage needs a model: last), and the
     variants of "all"."""
-    every = {"all": set(STAGES)} | {variant: set(STAGES) for variant in VARIANTS}
-    return {"raw": set(), **{stage: {stage} for stage in STAGES}, **every}
+    variants = {variant: stages for variant, (stages, _) in VARIANTS.items()}
+    return {"raw": set(), **{stage: {stage} for stage in STAGES}, "all": set(STAGES), **variants}
 
 
 def flags_of_pools(crawl: dict) -> dict[str, list[str]]:
     """Every pool's crawl flags: its stages' options from `crawl`, and its variant's."""
-    return {pool: pool_flags({**crawl, **VARIANTS.get(pool, {})}, stages)
+    return {pool: pool_flags({**crawl, **VARIANTS.get(pool, (None, {}))[1]}, stages)
             for pool, stages in pools().items()}  # fmt: skip
 
 

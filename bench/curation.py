@@ -25,8 +25,9 @@ on it). Prints one JSON line with every figure, and the means per pool.
 `--ablate` (bench/ablation.py) trains on raw, on each stage alone (text filters, dedup with
 decontamination, balancing, image filters, the score filter keeping the best `--score-keep`
 under a model trained on the raw pool: the first seed's raw run), on all of them, each
-configured as the recipe configures it, and on all of them balanced only after the download and
-the dedup (`all_balance_last`: `--prebalance-headroom 0`). Every run sees the same samples (steps x batch),
+configured as the recipe configures it, on all of them balanced only after the download and the
+dedup (`all_balance_last`: `--prebalance-headroom 0`), and on the recipe's own curation (`recipe`:
+every stage but the score filter). Every run sees the same samples (steps x batch),
 however large its pool. Per held-out style (`styles`: Twemoji and Facebook's emoji, by English
 name): zero-shot top-1/top-5 averaged over seeds, a 95% bootstrap interval over the evaluation
 images, the seeds' spread, the gain over raw with a paired interval, and retrieval recall. It
@@ -288,7 +289,8 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
         (not scorer.exists() or read_step(scorer) < args.steps)  # absent, or cut short
         and ("raw", seeds[0]) not in raw_runs
         and any(missing[p] for p in chosen if "score" in pools[p])
-    )  # its run is stored but its model is not in this work folder: trained (on), the same
+    )  # its run is stored but its model is not in this work folder: trained (on) again, the
+    # same at the same thread count (at another, 28 against 27 Twemoji hits: summation order)
     samples = {}
     if raw_runs or remake_scorer:
         samples["raw"] = crawled(work, "raw", flags["raw"])["samples"]

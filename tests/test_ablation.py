@@ -118,3 +118,9 @@ def test_pools_train_in_the_order_named_raw_first_and_unknown_ones_are_refused()
         "raw", "all_balance_last", "balancing"]  # fmt: skip
     with pytest.raises(SystemExit, match="no pool"):
         training_order("all,dedupe", pools)
+
+
+def test_the_recipe_pool_is_every_stage_but_the_score_filter() -> None:
+    flags = ablation.flags_of_pools(RECIPE_CRAWL)["recipe"]
+    assert flags[flags.index("--filters") + 1] == "lang,caption,image"
+    assert "--score-checkpoint" not in flags and "--max-per-query" in flags
