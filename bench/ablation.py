@@ -27,7 +27,7 @@ STAGE_FILTERS = {"text_filters": ("lang", "caption"), "image_filters": ("image",
                  "score": ("score",)}  # fmt: skip
 STAGE_KEYS = {"image_filters": ("min-side",), "dedup": ("dedup-scope", "decontaminate"),
               "balancing": ("queries", "max-per-query", "prebalance-headroom"),
-              "score": ("score-checkpoint", "keep-top-fraction")}  # fmt: skip
+              "score": ("score-checkpoint", "keep-top-fraction", "score-scope")}  # fmt: skip
 STAGES = ("text_filters", "dedup", "balancing", "image_filters", "score")
 VARIANTS = {  # of "all": its stages and options over the recipe's
     # balanced once, after the download and the dedup: the recipe's pass before the download

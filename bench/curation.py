@@ -2,7 +2,8 @@
 
     python bench/curation.py [--corpus synthetic|real|styles] [--pairs 3000] [--steps 200]
                              [--seeds 0,1] [--jobs 2]
-                             [--ablate [--pools LIST] [--score-keep 0.7] [--out DIR] [--work DIR]]
+                             [--ablate [--pools LIST] [--score-keep 0.7] [--score-scope query]
+                                       [--out DIR] [--work DIR]]
 
 The corpus is the demo's (`--corpus synthetic`, `demo.webcorpus`: 48 colour-shape concepts
 under a Zipf head; `--corpus real`, `demo.realcorpus`: Noto emoji renders and Openclipart
@@ -24,7 +25,8 @@ on it). Prints one JSON line with every figure, and the means per pool.
 
 `--ablate` (bench/ablation.py) trains on raw, on each stage alone (text filters, dedup with
 decontamination, balancing, image filters, the score filter keeping the best `--score-keep`
-under a model trained on the raw pool: the first seed's raw run), on all of them, each
+of each query's pairs, `--score-scope query`, under a model trained on the raw pool: the first
+seed's raw run), on all of them, each
 configured as the recipe configures it, on all of them balanced only after the download and the
 dedup (`all_balance_last`: `--prebalance-headroom 0`), and on the recipe's own curation (`recipe`:
 every stage but the score filter). Every run sees the same samples (steps x batch),
@@ -66,6 +68,7 @@ from bench import ablation  # noqa: E402
 from demo.__main__ import CORPORA, RECIPE, build_corpus, write_heldout, write_queries  # noqa: E402
 from demo.server import CorpusServer  # noqa: E402
 from demo.webcorpus import WebCorpus  # noqa: E402
+from filters.score import SCOPES  # noqa: E402
 from manifests.report import build_report  # noqa: E402
 from manifests.schema import Pair  # noqa: E402
 from pipeline.writers import write_samples  # noqa: E402
@@ -160,6 +163,10 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         f"list of {', '.join(ablation.pools())}); default every one")  # fmt: skip
     parser.add_argument("--score-keep", type=float, default=0.7,
                         help="--ablate: the score filter's --keep-top-fraction")  # fmt: skip
+    parser.add_argument("--score-scope", choices=SCOPES, default="query",
+                        help="--ablate: the score filter's --score-scope (query: a model "
+                        "trained on the raw pool empties rare concepts under one global "
+                        "threshold)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("curation_out"),
                         help="--ablate: where ablation.json, report.html and runs/ go")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None,
@@ -275,6 +282,7 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
     scorer = work / f"train-raw-{seeds[0]}" / "checkpoints" / "latest.pt"
     options["score-checkpoint"] = str(scorer)
     options["keep-top-fraction"] = args.score_keep
+    options["score-scope"] = args.score_scope
     pools = ablation.pools()
     chosen = training_order(args.pools, pools)
     flags = ablation.flags_of_pools(options)
@@ -317,7 +325,8 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
         "note": f"every run: the tiny CLIP, {args.steps} steps of {args.batch_size} = {seen} "
                 "samples seen, whatever its pool's size; intervals: 95% bootstrap over the "
                 "evaluation images of the seed-averaged hits; score filter: keep the best "
-                f"{args.score_keep} under the raw pool's seed-{seeds[0]} model",
+                f"{args.score_keep} ({args.score_scope} scope) under the raw pool's "
+                f"seed-{seeds[0]} model",
         "samples": samples, "epochs": {p: round(seen / max(n, 1), 2) for p, n in samples.items()},
         "heldout_images": {s: len(list(f.rglob("*.jpg"))) for s, f in styles.items()},
         "flags": {pool: store.flags[pool] for pool in runs},

@@ -27,6 +27,7 @@ from filters.score import (
     ScoreConfig,
     Scorer,
     histogram_quantiles,
+    pair_threshold,
     quantise,
     rounded,
     score_reason,
@@ -242,11 +243,18 @@ class _ScoreFn(beam.DoFn):
             yield without_image(dataclasses.replace(pair, score=rounded(score)))
 
 
-def _judge(pair: Pair, config: ScoreConfig, threshold: float | None) -> Pair:
+def _judge(pair: Pair, config: ScoreConfig, threshold: float | None,
+           per_query: dict[int, float]) -> Pair:  # fmt: skip
     if not pair.is_ok:
         return pair
-    reason = score_reason(pair.score, config, threshold)
+    reason = score_reason(pair.score, config, pair_threshold(pair.queries, per_query, threshold))
     return pair.with_status(filtered("score", reason), f"{pair.score:.4f}") if reason else pair
+
+
+def _query_scores(pair: Pair, enabled: bool):
+    """(query id, score bin) for each of an ok pair's queries: the per-query histograms."""
+    if enabled and pair.is_ok and pair.queries:
+        yield from ((query, quantise(pair.score)) for query in pair.queries)
 
 
 def score_stats(histogram: dict, statuses: dict, threshold: float | None) -> dict:
@@ -303,9 +311,17 @@ class ScoreFilter(beam.PTransform):
         threshold = histogram | "Threshold" >> beam.Map(
             lambda h: top_fraction_threshold(h, fraction) if fraction else None
         )
+        per_query = (
+            scored
+            | "QueryScores" >> beam.FlatMap(_query_scores, enabled=bool(fraction)
+                                            and config.score_scope == "query")  # fmt: skip
+            | "QueryHistograms" >> beam.CombinePerKey(_CountFn())
+            | "QueryThresholds" >> beam.MapTuple(lambda q, h: (q, top_fraction_threshold(h, fraction)))
+        )  # fmt: skip
         judged = scored | "Judge" >> beam.Map(
-            _judge, config, threshold=beam.pvalue.AsSingleton(threshold)
-        )
+            _judge, config, threshold=beam.pvalue.AsSingleton(threshold),
+            per_query=beam.pvalue.AsDict(per_query),
+        )  # fmt: skip
         out = (judged, passed) | "Merge" >> beam.Flatten()
         statuses = (
             (

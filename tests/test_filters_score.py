@@ -112,6 +112,51 @@ def test_score_filter_min_score():
     assert stats["kept"] == statuses["ok"] and stats["score_quantiles"]["0.5"] is not None
 
 
+class CaptionScorer:
+    """A stand-in for a model that scores each pair with the number its caption ends in."""
+
+    def __init__(self, config: ScoreConfig):
+        self.config = config
+
+    def score(self, pairs):
+        return [float(p.caption.split()[-1]) for p in pairs]
+
+
+def test_query_scope_keeps_each_querys_best_where_one_threshold_empties_the_rare_concept():
+    def key(i: int) -> str:
+        return f"00000{i:010d}"
+
+    head = [Pair(key(i), "http://x/", f"dog {0.2 + i / 1000}", image=b"j", queries=(0,))
+            for i in range(200)]  # fmt: skip
+    rare = [Pair(key(1000 + i), "http://x/", f"axolotl {0.01 * (i + 1)}", image=b"j", queries=(1,))
+            for i in range(4)]  # scored low: a raw-pool model barely saw it  # fmt: skip
+    both = Pair(key(2000), "http://x/", "dog and axolotl 0.035", image=b"j", queries=(0, 1))
+    loose = Pair(key(3000), "http://x/", "no query 0.25", image=b"j")  # kept unmatched
+    high = Pair(key(3001), "http://x/", "no query 0.35", image=b"j")
+    pairs = [*head, *rare, both, loose, high]
+
+    def kept(scope: str) -> set[str]:
+        config = ScoreConfig(score_checkpoint="-", keep_top_fraction=0.5, score_scope=scope)
+        _SINK.clear()
+        with beam.Pipeline() as p:
+            result = p | beam.Create(pairs) | ScoreFilter(config, CaptionScorer)
+            result["pairs"] | beam.Map(_collect, "pairs")
+        out = _SINK["pairs"]
+        assert sorted(q.key for q in out) == sorted(q.key for q in pairs)  # every row accounted
+        return {q.key for q in out if q.is_ok}
+
+    assert not kept("global") & {r.key for r in rare}  # the whole concept gone
+    by_query = kept("query")
+    assert by_query & {r.key for r in rare} == {key(1002), key(1003)}  # ceil(0.5 x 5) = 3 of 5
+    assert both.key in by_query  # the rare query's third best, though not among the head's
+    assert len(by_query & {h.key for h in head}) == 101  # ceil(0.5 x 201), its own best
+    lowest_head = min(float(h.caption.split()[-1]) for h in head if h.key in by_query)
+    assert lowest_head == pytest.approx(0.299)
+    assert loose.key not in by_query and high.key in by_query  # no query: the global threshold
+    with pytest.raises(ValueError, match="score-scope"):
+        ScoreConfig(score_checkpoint="c.pt", score_scope="concept")
+
+
 # The model: runs once the trainer exists.
 
 
