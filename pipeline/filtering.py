@@ -257,8 +257,9 @@ def _query_scores(pair: Pair, enabled: bool):
         yield from ((query, quantise(pair.score)) for query in pair.queries)
 
 
-def score_stats(histogram: dict, statuses: dict, threshold: float | None) -> dict:
-    """The score filter's stats: the score distribution, the threshold, rows per outcome."""
+def score_stats(histogram: dict, statuses: dict, threshold: float | None, scope: str) -> dict:
+    """The score filter's stats: the score distribution, the threshold, rows per outcome (with
+    `--score-scope query` the threshold is only that of pairs without queries)."""
     scored = sum(histogram.values())
     return {
         "rows_in": sum(statuses.values()),
@@ -267,6 +268,7 @@ def score_stats(histogram: dict, statuses: dict, threshold: float | None) -> dic
         "kept": statuses.get("ok", 0),
         "dropped": {s.split(":")[-1]: n for s, n in statuses.items() if s.startswith("filtered:")},
         "errors": statuses.get(error("score"), 0),
+        "score_scope": scope,
         "top_fraction_threshold": threshold,
         "score_quantiles": {
             str(q): v
@@ -335,6 +337,7 @@ class ScoreFilter(beam.PTransform):
             score_stats,
             statuses=beam.pvalue.AsSingleton(statuses),
             threshold=beam.pvalue.AsSingleton(threshold),
+            scope=config.score_scope,
         )
         return {"pairs": out, "stats": stats}
 

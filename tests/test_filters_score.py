@@ -101,6 +101,7 @@ def test_score_filter_keeps_the_top_fraction_and_scores_every_pair():
     assert stats["dropped"] == {"not_top": 299 - len(kept)} and stats["passed_through"] == 1
     assert stats["rows_in"] == 300
     assert stats["top_fraction_threshold"] == pytest.approx(min(p.score for p in kept))
+    assert stats["score_scope"] == "global"
 
 
 def test_score_filter_min_score():
