@@ -106,10 +106,15 @@ def crawl(work: Path, name: str, flags: list[str]) -> dict:
 
 
 def crawled(work: Path, name: str, flags: list[str]) -> dict:
-    """`crawl`, unless a finished crawl of this pool is in `work` already (a kept `--work`
-    folder serves one setting: the corpus is the same each time, its URLs' port is not)."""
-    stats = work / name / "stats.json"
-    return json.loads(stats.read_text()) if stats.exists() else crawl(work, name, flags)
+    """`crawl`, unless a finished crawl of this pool with these flags is in `work` already (a
+    kept `--work` folder serves one corpus: the same each time, its URLs' port is not)."""
+    stats, made_with = work / name / "stats.json", work / name / "flags.json"
+    if stats.exists() and made_with.exists() and json.loads(made_with.read_text()) == flags:
+        return json.loads(stats.read_text())
+    shutil.rmtree(work / name, ignore_errors=True)  # made with other flags, or cut short
+    found = crawl(work, name, flags)
+    made_with.write_text(json.dumps(flags))
+    return found
 
 
 def train_config(work: Path, pool: str, seed: int, steps: int, batch: int, threads: int,

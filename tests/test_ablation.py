@@ -124,3 +124,22 @@ def test_the_recipe_pool_is_every_stage_but_the_score_filter() -> None:
     flags = ablation.flags_of_pools(RECIPE_CRAWL)["recipe"]
     assert flags[flags.index("--filters") + 1] == "lang,caption,image"
     assert "--score-checkpoint" not in flags and "--max-per-query" in flags
+
+
+def test_a_kept_crawl_is_reused_only_under_the_flags_it_was_made_with(tmp_path, monkeypatch):
+    from bench import curation
+
+    made = []
+
+    def crawl(work: Path, name: str, flags: list[str]) -> dict:
+        (work / name).mkdir(parents=True)
+        (work / name / "stats.json").write_text(json.dumps({"samples": len(flags)}))
+        made.append(flags)
+        return {"samples": len(flags)}
+
+    monkeypatch.setattr(curation, "crawl", crawl)
+    assert curation.crawled(tmp_path, "all", ["--a"])["samples"] == 1
+    assert curation.crawled(tmp_path, "all", ["--a"])["samples"] == 1 and len(made) == 1
+    assert curation.crawled(tmp_path, "all", ["--a", "--b"])["samples"] == 2 and len(made) == 2
+    (tmp_path / "all" / "flags.json").unlink()  # cut short before its flags were written
+    assert curation.crawled(tmp_path, "all", ["--a", "--b"])["samples"] == 2 and len(made) == 3
