@@ -1,7 +1,11 @@
 """`bench/curation.py --ablate`'s parts: the pools (each curation stage alone), per-image
 evaluation on every held-out style, bootstrap intervals, and the report's table and plot.
 
-    python bench/ablation.py DIR    # the summary of the runs finished so far in DIR/runs/
+    python bench/ablation.py DIR [MORE...] [--markdown]
+
+prints the summary of the runs finished so far in DIR/runs/ (or DIR) as one JSON line, or as
+the README's table; the runs of MORE folders (kept runs of other settings of a pool, measured
+against DIR's raw) join as "POOL (FOLDER)".
 
 A pool's flags are the demo recipe's crawl options of its stages only, so "all" is the recipe
 (plus the score filter) and every stage alone is configured exactly as in "all".
@@ -185,10 +189,55 @@ def finished(folder: Path) -> dict[str, list[dict]]:
     return {pool: rs for pool, rs in by_pool.items() if rs}
 
 
+def gathered(folders: list[Path]) -> dict[str, list[dict]]:
+    """The finished runs of every folder, the first one's under their pool's name and the
+    others' as "POOL (FOLDER)"; all made under one set of settings."""
+    runs: dict[str, list[dict]] = {}
+    for i, folder in enumerate(folders):
+        folder = folder / "runs" if (folder / "runs").is_dir() else folder
+        for pool, rs in finished(folder).items():
+            runs[pool if i == 0 else f"{pool} ({folder.name})"] = rs
+    settings = {json.dumps(rs[0]["settings"], sort_keys=True) for rs in runs.values()}
+    if len(settings) > 1:
+        raise ValueError("the folders hold runs made under different settings")
+    return runs
+
+
+def markdown(runs: dict[str, list[dict]], summary: dict) -> str:
+    """The README's table: a row per pool and held-out style."""
+
+    def number(value: float) -> str:
+        return f"{value:.3f}"
+
+    def span(pair: list[float]) -> str:
+        return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+    def gain(pool: str, row: dict, name: str) -> str:
+        return "" if pool == "raw" else f"{row[name + '_gain']:+.3f} {span(row[name + '_gain_ci'])}"
+
+    rows = ["| pool (samples) | seeds | style | top-1 [95% CI] (per seed) | gain vs raw [95% CI] "
+            "| top-5 | top-5 gain [95% CI] | i->t R@1 | t->i R@1 |", "|---" * 9 + "|"]  # fmt: skip
+    for pool, styles in summary.items():
+        seeds = ",".join(str(run["seed"]) for run in runs[pool])
+        for i, (style, row) in enumerate(styles.items()):
+            name = f"{pool} ({runs[pool][0]['samples']:,})" if i == 0 else pool
+            per_seed = ", ".join(number(v) for v in row["top1_seeds"])
+            rows.append(
+                f"| {name} | {seeds} | {style} | {number(row['top1'])} {span(row['top1_ci'])} "
+                f"({per_seed}) | {gain(pool, row, 'top1')} | {number(row['top5'])} "
+                f"| {gain(pool, row, 'top5')} "
+                f"| {number(row['image_to_text_R@1'])} | {number(row['text_to_image_R@1'])} |"
+            )  # fmt: skip
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> None:
-    """One JSON line: per pool, its seeds done and the summary of its finished runs."""
-    runs = finished(Path(argv[0]) / "runs")
+    """Per pool, its seeds done and the summary of its finished runs: JSON, or `--markdown`."""
+    runs = gathered([Path(arg) for arg in argv if arg != "--markdown"])
     summary = summarise({pool: [run["styles"] for run in rs] for pool, rs in runs.items()})
+    if "--markdown" in argv:
+        print(markdown(runs, summary))
+        return
     seeds = {pool: [run["seed"] for run in rs] for pool, rs in runs.items()}
     print(json.dumps({"seeds": seeds, "summary": summary}))
 

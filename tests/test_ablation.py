@@ -51,7 +51,8 @@ def hits(rate: float, n: int, rng: np.random.Generator) -> list[int]:
 
 
 def write_run(folder: Path, pool: str, seed: int, top1: list[int], settings: dict) -> None:
-    style = {"hits1": top1, "hits5": [1] * len(top1), "image_to_text_R@1": 0.5}
+    style = {"hits1": top1, "hits5": [1] * len(top1), "image_to_text_R@1": 0.5,
+             "text_to_image_R@1": 0.4}  # fmt: skip
     run = {"settings": settings, "pool": pool, "seed": seed, "samples": 100, "seconds": 1.0,
            "styles": {"twitter": style}}  # fmt: skip
     (folder / f"{pool}-{seed}.json").write_text(json.dumps(run))
@@ -143,3 +144,24 @@ def test_a_kept_crawl_is_reused_only_under_the_flags_it_was_made_with(tmp_path, 
     assert curation.crawled(tmp_path, "all", ["--a", "--b"])["samples"] == 2 and len(made) == 2
     (tmp_path / "all" / "flags.json").unlink()  # cut short before its flags were written
     assert curation.crawled(tmp_path, "all", ["--a", "--b"])["samples"] == 2 and len(made) == 3
+
+
+def test_kept_runs_of_another_folder_join_under_their_folder_and_print_as_a_table(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(2)
+    main, kept = tmp_path / "main" / "runs", tmp_path / "global"
+    main.mkdir(parents=True), kept.mkdir()
+    for seed in range(2):
+        write_run(main, "raw", seed, hits(0.1, 200, rng), {"steps": 10})
+    write_run(main, "all", 0, hits(0.3, 200, rng), {"steps": 10})
+    write_run(kept, "all", 0, hits(0.1, 200, rng), {"steps": 10})
+    runs = ablation.gathered([tmp_path / "main", kept])
+    assert list(runs) == ["raw", "all", "all (global)"]
+    summary = ablation.summarise({p: [r["styles"] for r in rs] for p, rs in runs.items()})
+    table = ablation.markdown(runs, summary).splitlines()
+    assert len(table) == 2 + 3 and table[2].startswith("| raw (100) | 0,1 | twitter |")
+    assert f"{summary['all']['twitter']['top1_gain']:+.3f}" in table[3]
+    write_run(kept, "score", 0, [1, 0], {"steps": 20})
+    with pytest.raises(ValueError, match="different settings"):
+        ablation.gathered([tmp_path / "main", kept])
