@@ -2,10 +2,12 @@
 evaluation on every held-out style, bootstrap intervals, and the report's table and plot.
 
     python bench/ablation.py DIR [MORE...] [--markdown]
+    python bench/ablation.py --unseen WORK
 
 prints the summary of the runs finished so far in DIR/runs/ (or DIR) as one JSON line, or as
 the README's table; the runs of MORE folders (kept runs of other settings of a pool, measured
-against DIR's raw) join as "POOL (FOLDER)".
+against DIR's raw) join as "POOL (FOLDER)". `--unseen WORK` prints, for each pool crawled in
+an ablation's `--work` folder, the held-out concepts that no kept caption names.
 
 A pool's flags are the demo recipe's crawl options of its stages only, so "all" is the recipe
 (plus the score filter) and every stage alone is configured exactly as in "all".
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -231,8 +234,33 @@ def markdown(runs: dict[str, list[dict]], summary: dict) -> str:
     return "\n".join(rows)
 
 
+def unseen_concepts(manifest: Path, concepts: list[str]) -> list[str]:
+    """The concepts no kept pair's caption names (whole words, any case): zero-shot classes
+    the model is never shown by name."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest, columns=["caption", "status"])
+    captions = pc.utf8_lower(table.filter(pc.equal(table["status"], "ok"))["caption"])
+    return [concept for concept in concepts if not pc.any(pc.match_substring_regex(
+        captions, rf"(^|\W){re.escape(concept.lower())}($|\W)")).as_py()]  # fmt: skip
+
+
+def unseen_per_pool(work: Path) -> dict[str, dict[str, int]]:
+    """Per pool crawled in `work` and per held-out style: how many of its concepts are unseen."""
+    styles = sorted(folder for folder in (work / "styles").iterdir() if folder.is_dir())
+    crawled = [pool for pool in pools() if (work / pool / "stats.json").exists()]
+    return {pool: {style.name: len(unseen_concepts(work / pool / "manifest",
+                                                   sorted(c.name for c in style.iterdir())))
+                   for style in styles} for pool in crawled}  # fmt: skip
+
+
 def main(argv: list[str]) -> None:
-    """Per pool, its seeds done and the summary of its finished runs: JSON, or `--markdown`."""
+    """Per pool, its seeds done and the summary of its finished runs: JSON, or `--markdown`;
+    or `--unseen WORK`."""
+    if argv[:1] == ["--unseen"]:
+        print(json.dumps(unseen_per_pool(Path(argv[1]))))
+        return
     runs = gathered([Path(arg) for arg in argv if arg != "--markdown"])
     summary = summarise({pool: [run["styles"] for run in rs] for pool, rs in runs.items()})
     if "--markdown" in argv:

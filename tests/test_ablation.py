@@ -165,3 +165,15 @@ def test_kept_runs_of_another_folder_join_under_their_folder_and_print_as_a_tabl
     write_run(kept, "score", 0, [1, 0], {"steps": 20})
     with pytest.raises(ValueError, match="different settings"):
         ablation.gathered([tmp_path / "main", kept])
+
+
+def test_unseen_concepts_are_those_no_kept_caption_names_as_whole_words(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [("Flag: Niger icon", "ok"), ("an emoji of cat face", "ok"),
+            ("Nepal emoji", "filtered:score:not_top"), ("nigeria emoji", "ok")]  # fmt: skip
+    table = pa.table({"caption": [c for c, _ in rows], "status": [s for _, s in rows]})
+    pq.write_table(table, tmp_path / "00000.parquet")
+    concepts = ["Niger", "Nepal", "cat", "cat face", "Nigeria", "C++ (1)"]
+    assert ablation.unseen_concepts(tmp_path, concepts) == ["Nepal", "C++ (1)"]

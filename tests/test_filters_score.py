@@ -101,7 +101,7 @@ def test_score_filter_keeps_the_top_fraction_and_scores_every_pair():
     assert stats["dropped"] == {"not_top": 299 - len(kept)} and stats["passed_through"] == 1
     assert stats["rows_in"] == 300
     assert stats["top_fraction_threshold"] == pytest.approx(min(p.score for p in kept))
-    assert stats["score_scope"] == "global"
+    assert stats["score_scope"] == "query"  # the default: no queries here, the global threshold
 
 
 def test_score_filter_min_score():
