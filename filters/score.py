@@ -40,7 +40,11 @@ class ScoreConfig:
         default=None, metadata={"help": "drop pairs whose cosine score is below this"}
     )
     keep_top_fraction: float | None = field(
-        default=None, metadata={"help": "keep this fraction of the scored pairs, best first"}
+        default=None,
+        metadata={
+            "help": "keep this fraction of the scored pairs, best first (of each "
+            "query's, see --score-scope)"
+        },
     )
     score_scope: str = field(
         default="query",
