@@ -121,10 +121,13 @@ def test_pools_train_in_the_order_named_raw_first_and_unknown_ones_are_refused()
         training_order("all,dedupe", pools)
 
 
-def test_the_recipe_pool_is_every_stage_but_the_score_filter() -> None:
+def test_the_recipe_pools_are_every_stage_but_the_score_filter_and_then_the_dedup() -> None:
     flags = ablation.flags_of_pools(RECIPE_CRAWL)["recipe"]
     assert flags[flags.index("--filters") + 1] == "lang,caption,image"
     assert "--score-checkpoint" not in flags and "--max-per-query" in flags
+    kept = ablation.flags_of_pools(RECIPE_CRAWL)["recipe_no_dedup"]
+    assert kept[kept.index("--dedup") + 1] == "none" and "--decontaminate" not in kept
+    assert kept[kept.index("--filters") + 1] == "lang,caption,image" and "--max-per-query" in kept
 
 
 def test_a_kept_crawl_is_reused_only_under_the_flags_it_was_made_with(tmp_path, monkeypatch):
