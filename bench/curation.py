@@ -49,6 +49,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -172,6 +173,10 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="--ablate: the score filter's --score-scope (query: a model "
                         "trained on the raw pool empties rare concepts under one global "
                         "threshold)")  # fmt: skip
+    parser.add_argument("--same-corpus-as", default="",
+                        help="--ablate: a comma list of corpus digests whose stored runs count "
+                        "as this corpus' (the styles corpus built on another machine can differ "
+                        "in a few bytes); the result says which run came from which")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("curation_out"),
                         help="--ablate: where ablation.json, report.html and runs/ go")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None,
@@ -227,14 +232,49 @@ def corpus_digest(corpus: WebCorpus) -> str:
     return digest.hexdigest()
 
 
+def corpus_environment(corpus: WebCorpus) -> dict:
+    """What the corpus was built with and a digest of each of its parts, kept in every run: when
+    the whole digest differs on another machine, these say which part and which package."""
+    from importlib import metadata
+
+    from demo.stylecorpus import APT
+
+    parts = {"rows": hashlib.sha256(), "heldout": hashlib.sha256()}
+    for row in corpus.rows:
+        parts["rows"].update(json.dumps([row["path"], row["caption"]]).encode())
+    source = {row["path"].split("/", 1)[1]: row["source"] for row in corpus.rows}
+    for name in sorted(corpus.images):
+        part = parts.setdefault(f"images:{source.get(name, '?')}", hashlib.sha256())
+        part.update(name.encode() + hashlib.sha256(corpus.images[name]).digest())
+    for jpeg, concept in corpus.heldout:
+        parts["heldout"].update(concept.encode() + hashlib.sha256(jpeg).digest())
+    versions = {}
+    for package in ("pillow", "emoji", "cairosvg", "cairocffi"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    if shutil.which("dpkg-query"):
+        listed = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n",
+                                 *APT, "libcairo2", "libjpeg62-turbo"],
+                                capture_output=True, text=True).stdout  # fmt: skip
+        versions |= dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)
+    return {"digests": {k: v.hexdigest()[:16] for k, v in sorted(parts.items())},
+            "versions": versions}  # fmt: skip
+
+
 class RunStore:
     """The finished ablation runs, one JSON file each under `OUT/runs/`, so a rerun of the same
     settings (in a later session, on another machine) trains only what is missing. A file made
     under other settings, or for a pool whose flags have changed since (a recipe default), is
-    not a finished run of these."""
+    not a finished run of these; one made on a corpus of another digest is, only when that
+    digest is named in `same_corpus_as`."""
 
-    def __init__(self, folder: Path, settings: dict, flags: dict[str, list[str]]):
+    def __init__(self, folder: Path, settings: dict, flags: dict[str, list[str]],
+                 same_corpus_as: frozenset[str] = frozenset(), environment: dict | None = None):  # fmt: skip
         self.folder, self.settings, self.flags = folder, settings, flags
+        self.digests = {settings.get("corpus_sha256"), *same_corpus_as}
+        self.environment = environment or {}
         folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, pool: str, seed: int) -> Path:
@@ -245,15 +285,27 @@ class RunStore:
         if not path.exists():
             return None
         run = json.loads(path.read_text())
-        same = run.get("settings") == self.settings and run.get("flags") == self.flags[pool]
+        settings = run.get("settings", {})
+        same = (settings.get("corpus_sha256") in self.digests
+                and {**settings, "corpus_sha256": None} == {**self.settings, "corpus_sha256": None}
+                and run.get("flags") == self.flags[pool])  # fmt: skip
         return run if same else None
 
     def put(self, pool: str, seed: int, run: dict, samples: int) -> None:
         run = {"settings": self.settings, "flags": self.flags[pool], "pool": pool, "seed": seed,
-               "samples": samples, **run}  # fmt: skip
+               "samples": samples, "environment": self.environment, **run}  # fmt: skip
         tmp = self.path(pool, seed).with_suffix(".tmp")
         tmp.write_text(json.dumps(run))
         tmp.replace(self.path(pool, seed))
+
+
+def corpora_of(runs: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """Which runs were made on which corpus digest (one, unless `--same-corpus-as` joined some)."""
+    found: dict[str, list[str]] = {}
+    for pool, pool_runs in runs.items():
+        for run in pool_runs:
+            found.setdefault(run["settings"]["corpus_sha256"], []).append(f"{pool}-{run['seed']}")
+    return found
 
 
 def portable(flags: list[str], work: Path) -> list[str]:
@@ -294,8 +346,10 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
     settings = {"corpus": args.corpus, "pairs": args.pairs, "steps": args.steps,
                 "batch_size": args.batch_size, "score_keep": args.score_keep,
                 "corpus_sha256": corpus_digest(corpus)}  # fmt: skip
+    same_corpus_as = frozenset(filter(None, args.same_corpus_as.split(",")))
     store = RunStore(args.out / "runs", settings,
-                     {pool: portable(f, work) for pool, f in flags.items()})  # fmt: skip
+                     {pool: portable(f, work) for pool, f in flags.items()},
+                     same_corpus_as, corpus_environment(corpus))  # fmt: skip
     missing = {pool: [s for s in seeds if store.get(pool, s) is None] for pool in chosen}
     raw_runs = [("raw", s) for s in missing.get("raw", [])]
     remake_scorer = (
@@ -335,6 +389,7 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
         "samples": samples, "epochs": {p: round(seen / max(n, 1), 2) for p, n in samples.items()},
         "heldout_images": {s: len(list(f.rglob("*.jpg"))) for s, f in styles.items()},
         "flags": {pool: store.flags[pool] for pool in runs},
+        "corpora": corpora_of(runs),
         "summary": ablation.summarise({p: [r["styles"] for r in rs] for p, rs in runs.items()}),
         "run_seconds": {p: [r["seconds"] for r in rs] for p, rs in runs.items()},
         "trained_now": len(raw_runs) + len(rest),

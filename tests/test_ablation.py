@@ -109,6 +109,28 @@ def test_a_stored_run_is_finished_only_under_the_same_settings_and_flags(tmp_pat
     assert RunStore(tmp_path, {"steps": 10}, changed).get("all", 0) is None
 
 
+def test_a_run_on_another_corpus_counts_only_when_its_digest_is_named(tmp_path: Path) -> None:
+    from bench.curation import RunStore, corpora_of, corpus_environment
+    from demo.webcorpus import WebCorpus
+
+    corpus = WebCorpus(images={"a.jpg": b"A"}, rows=[{"path": "img/a.jpg", "caption": "a cat",
+                       "source": "emoji"}], heldout=[(b"B", "cat")])  # fmt: skip
+    environment = corpus_environment(corpus)
+    assert set(environment["digests"]) == {"rows", "images:emoji", "heldout"}
+    assert environment["versions"]["pillow"]
+    flags = {"all": ["--dedup", "none"]}
+    RunStore(tmp_path, {"steps": 10, "corpus_sha256": "old"}, flags, environment=environment).put(
+        "all", 0, {"styles": {}}, samples=5)  # fmt: skip
+    here = {"steps": 10, "corpus_sha256": "new"}
+    assert RunStore(tmp_path, here, flags).get("all", 0) is None
+    joined = RunStore(tmp_path, here, flags, frozenset({"old"})).get("all", 0)
+    assert joined["environment"] == environment
+    assert corpora_of({"all": [joined]}) == {"old": ["all-0"]}
+    assert (
+        RunStore(tmp_path, {**here, "steps": 20}, flags, frozenset({"old"})).get("all", 0) is None
+    )
+
+
 def test_pools_train_in_the_order_named_raw_first_and_unknown_ones_are_refused() -> None:
     from bench.curation import training_order
 
