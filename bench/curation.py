@@ -242,9 +242,10 @@ def corpus_environment(corpus: WebCorpus) -> dict:
     parts = {"rows": hashlib.sha256(), "heldout": hashlib.sha256()}
     for row in corpus.rows:
         parts["rows"].update(json.dumps([row["path"], row["caption"]]).encode())
-    source = {row["path"].split("/", 1)[1]: row["source"] for row in corpus.rows}
+    source = {row["path"].removeprefix("img/"): row["source"] for row in corpus.rows
+              if "source" in row}  # fmt: skip
     for name in sorted(corpus.images):
-        part = parts.setdefault(f"images:{source.get(name, '?')}", hashlib.sha256())
+        part = parts.setdefault(f"images:{source.get(name, 'noise')}", hashlib.sha256())
         part.update(name.encode() + hashlib.sha256(corpus.images[name]).digest())
     for jpeg, concept in corpus.heldout:
         parts["heldout"].update(concept.encode() + hashlib.sha256(jpeg).digest())

@@ -113,10 +113,13 @@ def test_a_run_on_another_corpus_counts_only_when_its_digest_is_named(tmp_path: 
     from bench.curation import RunStore, corpora_of, corpus_environment
     from demo.webcorpus import WebCorpus
 
-    corpus = WebCorpus(images={"a.jpg": b"A"}, rows=[{"path": "img/a.jpg", "caption": "a cat",
-                       "source": "emoji"}], heldout=[(b"B", "cat")])  # fmt: skip
+    rows = [
+        {"path": "img/a.jpg", "caption": "a cat", "source": "emoji"},
+        {"path": "status/404", "caption": "a dead link"},
+    ]  # noise rows have no source
+    corpus = WebCorpus(images={"a.jpg": b"A", "x.jpg": b"X"}, rows=rows, heldout=[(b"B", "cat")])
     environment = corpus_environment(corpus)
-    assert set(environment["digests"]) == {"rows", "images:emoji", "heldout"}
+    assert set(environment["digests"]) == {"rows", "images:emoji", "images:noise", "heldout"}
     assert environment["versions"]["pillow"]
     flags = {"all": ["--dedup", "none"]}
     RunStore(tmp_path, {"steps": 10, "corpus_sha256": "old"}, flags, environment=environment).put(
