@@ -184,11 +184,17 @@ def section(result: dict) -> str:
     )  # fmt: skip
 
 
+def settings_but_corpus(run: dict) -> str:
+    """A run's settings but its corpus' digest: runs on corpora `--same-corpus-as` joined are
+    one ablation, and the table marks them."""
+    return json.dumps({**run["settings"], "corpus_sha256": None}, sort_keys=True)
+
+
 def finished(folder: Path) -> dict[str, list[dict]]:
     """The runs stored in `folder` (`OUT/runs/`), per pool in `pools()` order and by seed; all
     made under one set of settings, or they are not one ablation."""
     runs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    if len({json.dumps(run["settings"], sort_keys=True) for run in runs}) > 1:
+    if len({settings_but_corpus(run) for run in runs}) > 1:
         raise ValueError(f"{folder} holds runs made under different settings")
     by_pool = {pool: sorted((r for r in runs if r["pool"] == pool), key=lambda r: r["seed"])
                for pool in pools()}  # fmt: skip
@@ -203,14 +209,16 @@ def gathered(folders: list[Path]) -> dict[str, list[dict]]:
         folder = folder / "runs" if (folder / "runs").is_dir() else folder
         for pool, rs in finished(folder).items():
             runs[pool if i == 0 else f"{pool} ({folder.name})"] = rs
-    settings = {json.dumps(rs[0]["settings"], sort_keys=True) for rs in runs.values()}
+    settings = {settings_but_corpus(run) for rs in runs.values() for run in rs}
     if len(settings) > 1:
         raise ValueError("the folders hold runs made under different settings")
     return runs
 
 
 def markdown(runs: dict[str, list[dict]], summary: dict) -> str:
-    """The README's table: a row per pool and held-out style."""
+    """The README's table: a row per pool and held-out style; a seed made on another corpus
+    than raw's first run is marked with a dagger."""
+    corpus = runs["raw"][0]["settings"].get("corpus_sha256")
 
     def number(value: float) -> str:
         return f"{value:.3f}"
@@ -224,7 +232,8 @@ def markdown(runs: dict[str, list[dict]], summary: dict) -> str:
     rows = ["| pool (samples) | seeds | style | top-1 [95% CI] (per seed) | gain vs raw [95% CI] "
             "| top-5 | top-5 gain [95% CI] | i->t R@1 | t->i R@1 |", "|---" * 9 + "|"]  # fmt: skip
     for pool, styles in summary.items():
-        seeds = ",".join(str(run["seed"]) for run in runs[pool])
+        seeds = ",".join(f"{run['seed']}{'' if run['settings'].get('corpus_sha256') == corpus else '†'}"
+                         for run in runs[pool])  # fmt: skip
         for i, (style, row) in enumerate(styles.items()):
             name = f"{pool} ({runs[pool][0]['samples']:,})" if i == 0 else pool
             per_seed = ", ".join(number(v) for v in row["top1_seeds"])

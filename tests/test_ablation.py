@@ -184,12 +184,14 @@ def test_kept_runs_of_another_folder_join_under_their_folder_and_print_as_a_tabl
         write_run(main, "raw", seed, hits(0.1, 200, rng), {"steps": 10})
     write_run(main, "all", 0, hits(0.3, 200, rng), {"steps": 10})
     write_run(kept, "all", 0, hits(0.1, 200, rng), {"steps": 10})
+    write_run(main, "dedup", 0, hits(0.2, 200, rng), {"steps": 10, "corpus_sha256": "rebuilt"})
     runs = ablation.gathered([tmp_path / "main", kept])
-    assert list(runs) == ["raw", "all", "all (global)"]
+    assert list(runs) == ["raw", "dedup", "all", "all (global)"]
     summary = ablation.summarise({p: [r["styles"] for r in rs] for p, rs in runs.items()})
     table = ablation.markdown(runs, summary).splitlines()
-    assert len(table) == 2 + 3 and table[2].startswith("| raw (100) | 0,1 | twitter |")
-    assert f"{summary['all']['twitter']['top1_gain']:+.3f}" in table[3]
+    assert len(table) == 2 + 4 and table[2].startswith("| raw (100) | 0,1 | twitter |")
+    assert table[3].startswith("| dedup (100) | 0† | twitter |")  # on another corpus: marked
+    assert f"{summary['all']['twitter']['top1_gain']:+.3f}" in table[4]
     write_run(kept, "score", 0, [1, 0], {"steps": 20})
     with pytest.raises(ValueError, match="different settings"):
         ablation.gathered([tmp_path / "main", kept])
