@@ -223,13 +223,23 @@ def corpus_digest(corpus: WebCorpus) -> str:
     """What the corpus holds (rows, served images, held-out images): runs are comparable only
     on one corpus, and the packages it is built from could change between machines."""
     digest = hashlib.sha256()
-    for row in corpus.rows:
-        digest.update(json.dumps([row["path"], row["caption"]]).encode())
-    for name in sorted(corpus.images):
-        digest.update(name.encode() + hashlib.sha256(corpus.images[name]).digest())
-    for jpeg, concept in corpus.heldout:
-        digest.update(concept.encode() + hashlib.sha256(jpeg).digest())
+    for _, chunk in corpus_chunks(corpus):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def corpus_chunks(corpus: WebCorpus):
+    """(part, bytes) in digest order: each row's path and caption, each served image (by its
+    source, "noise" for the noise rows'), each held-out image with its concept."""
+    for row in corpus.rows:
+        yield "rows", json.dumps([row["path"], row["caption"]]).encode()
+    source = {row["path"].removeprefix("img/"): row["source"] for row in corpus.rows
+              if "source" in row}  # fmt: skip
+    for name in sorted(corpus.images):
+        image = name.encode() + hashlib.sha256(corpus.images[name]).digest()
+        yield f"images:{source.get(name, 'noise')}", image
+    for jpeg, concept in corpus.heldout:
+        yield "heldout", concept.encode() + hashlib.sha256(jpeg).digest()
 
 
 def corpus_environment(corpus: WebCorpus) -> dict:
@@ -239,16 +249,9 @@ def corpus_environment(corpus: WebCorpus) -> dict:
 
     from demo.stylecorpus import APT
 
-    parts = {"rows": hashlib.sha256(), "heldout": hashlib.sha256()}
-    for row in corpus.rows:
-        parts["rows"].update(json.dumps([row["path"], row["caption"]]).encode())
-    source = {row["path"].removeprefix("img/"): row["source"] for row in corpus.rows
-              if "source" in row}  # fmt: skip
-    for name in sorted(corpus.images):
-        part = parts.setdefault(f"images:{source.get(name, 'noise')}", hashlib.sha256())
-        part.update(name.encode() + hashlib.sha256(corpus.images[name]).digest())
-    for jpeg, concept in corpus.heldout:
-        parts["heldout"].update(concept.encode() + hashlib.sha256(jpeg).digest())
+    parts: dict = {}  # part -> its running sha256
+    for part, chunk in corpus_chunks(corpus):
+        parts.setdefault(part, hashlib.sha256()).update(chunk)
     versions = {}
     for package in ("pillow", "emoji", "cairosvg", "cairocffi"):
         try:
@@ -286,9 +289,9 @@ class RunStore:
         if not path.exists():
             return None
         run = json.loads(path.read_text())
-        settings = run.get("settings", {})
-        same = (settings.get("corpus_sha256") in self.digests
-                and {**settings, "corpus_sha256": None} == {**self.settings, "corpus_sha256": None}
+        same = (run["settings"].get("corpus_sha256") in self.digests
+                and ablation.settings_but_corpus(run)
+                == ablation.settings_but_corpus({"settings": self.settings})
                 and run.get("flags") == self.flags[pool])  # fmt: skip
         return run if same else None
 
