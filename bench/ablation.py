@@ -9,6 +9,11 @@ the README's table; the runs of MORE folders (kept runs of other settings of a p
 against DIR's raw) join as "POOL (FOLDER)". `--unseen WORK` prints, for each pool crawled in
 an ablation's `--work` folder, the held-out concepts that no kept caption names.
 
+    python bench/ablation.py --by-frequency WORK DIR [MORE...] [--markdown]
+
+splits the held-out classes into three equal groups by how often WORK's input list names them
+and prints each pool's top-1 and gain over raw per group.
+
 A pool's flags are the demo recipe's crawl options of its stages only, so "all" is the recipe
 (plus the score filter) and every stage alone is configured exactly as in "all".
 """
@@ -246,6 +251,14 @@ def markdown(runs: dict[str, list[dict]], summary: dict) -> str:
     return "\n".join(rows)
 
 
+def naming(captions, concept: str):
+    """Which of the lower-cased `captions` (an Arrow array) name `concept`: whole words, any
+    case, as the balancer's query matching sees them."""
+    import pyarrow.compute as pc
+
+    return pc.match_substring_regex(captions, rf"(^|\W){re.escape(concept.lower())}($|\W)")
+
+
 def unseen_concepts(manifest: Path, concepts: list[str]) -> list[str]:
     """The concepts no kept pair's caption names (whole words, any case): zero-shot classes
     the model is never shown by name."""
@@ -254,8 +267,61 @@ def unseen_concepts(manifest: Path, concepts: list[str]) -> list[str]:
 
     table = pq.read_table(manifest, columns=["caption", "status"])
     captions = pc.utf8_lower(table.filter(pc.equal(table["status"], "ok"))["caption"])
-    return [concept for concept in concepts if not pc.any(pc.match_substring_regex(
-        captions, rf"(^|\W){re.escape(concept.lower())}($|\W)")).as_py()]  # fmt: skip
+    return [concept for concept in concepts if not pc.any(naming(captions, concept)).as_py()]
+
+
+def name_counts(urls: Path, concepts: list[str]) -> list[int]:
+    """How many rows of the input list (`urls.parquet`) name each concept in their caption."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    captions = pc.utf8_lower(pq.read_table(urls, columns=["caption"])["caption"])
+    return [pc.sum(naming(captions, concept)).as_py() or 0 for concept in concepts]
+
+
+def by_frequency(runs: dict[str, list[dict]], counts: dict[str, list[int]], parts: int = 3,
+                 seed: int = 0) -> dict:  # fmt: skip
+    """Per pool and style, top-1 and top-5 over the held-out classes split into `parts` equal
+    groups by how often the input list names them (`counts`, in class order), and the gain over
+    raw in each group with a paired bootstrap interval: where curation's gain comes from, since
+    zero-shot accuracy follows how often a concept was seen."""
+    groups = {style: np.array_split(np.argsort(np.asarray(c), kind="stable"), parts)
+              for style, c in counts.items()}  # fmt: skip
+    out: dict = {"groups": {style: [[int(np.asarray(counts[style])[g].min()),
+                                     int(np.asarray(counts[style])[g].max())] for g in gs]
+                            for style, gs in groups.items()}}  # fmt: skip
+    for pool, seeds in runs.items():
+        out[pool] = {}
+        for style, parts_of_style in groups.items():
+            rows = []
+            for group in parts_of_style:
+                row = {}
+                for k, name in (("hits1", "top1"), ("hits5", "top5")):
+                    mean = np.array([run[style][k] for run in seeds], float).mean(0)[group]
+                    raw = np.array([run[style][k] for run in runs["raw"]], float).mean(0)[group]
+                    row[name] = round(float(mean.mean()), 4)
+                    row[f"{name}_gain"] = round(float(mean.mean() - raw.mean()), 4)
+                    row[f"{name}_gain_ci"] = interval(mean - raw, np.random.default_rng(seed))
+                rows.append(row)
+            out[pool][style] = rows
+    return out
+
+
+def frequency_markdown(table: dict) -> str:
+    """The README's table of `by_frequency`: a row per pool and style, a column per group."""
+    styles = table["groups"]
+    style = next(iter(styles))
+    head = " | ".join(f"named {lo}-{hi}x: top-1 (gain [95% CI])" for lo, hi in styles[style])
+    rows = [f"| pool | style | {head} |", "|---" * (2 + len(styles[style])) + "|"]
+    for pool, per_style in table.items():
+        if pool == "groups":
+            continue
+        for name, groups in per_style.items():
+            cells = " | ".join(f"{g['top1']:.3f}" + ("" if pool == "raw" else
+                               f" ({g['top1_gain']:+.3f} [{g['top1_gain_ci'][0]:+.3f}, "
+                               f"{g['top1_gain_ci'][1]:+.3f}])") for g in groups)  # fmt: skip
+            rows.append(f"| {pool} | {name} | {cells} |")
+    return "\n".join(rows)
 
 
 def unseen_per_pool(work: Path) -> dict[str, dict[str, int]]:
@@ -267,11 +333,26 @@ def unseen_per_pool(work: Path) -> dict[str, dict[str, int]]:
                    for style in styles} for pool in crawled}  # fmt: skip
 
 
+def heldout_name_counts(work: Path) -> dict[str, list[int]]:
+    """Per held-out style of an ablation's `--work` folder, how often the input list names each
+    class, in the order `trainer.evaluate.load_folder` reads the classes."""
+    styles = sorted(folder for folder in (work / "styles").iterdir() if folder.is_dir())
+    return {style.name: name_counts(work / "urls.parquet",
+                                    [c.name for c in sorted(p for p in style.iterdir() if p.is_dir())])
+            for style in styles}  # fmt: skip
+
+
 def main(argv: list[str]) -> None:
     """Per pool, its seeds done and the summary of its finished runs: JSON, or `--markdown`;
-    or `--unseen WORK`."""
+    or `--unseen WORK`; or `--by-frequency WORK DIR...`."""
     if argv[:1] == ["--unseen"]:
         print(json.dumps(unseen_per_pool(Path(argv[1]))))
+        return
+    if argv[:1] == ["--by-frequency"]:
+        runs = gathered([Path(arg) for arg in argv[2:] if arg != "--markdown"])
+        table = by_frequency({pool: [run["styles"] for run in rs] for pool, rs in runs.items()},
+                             heldout_name_counts(Path(argv[1])))  # fmt: skip
+        print(frequency_markdown(table) if "--markdown" in argv else json.dumps(table))
         return
     runs = gathered([Path(arg) for arg in argv if arg != "--markdown"])
     summary = summarise({pool: [run["styles"] for run in rs] for pool, rs in runs.items()})

@@ -207,3 +207,36 @@ def test_unseen_concepts_are_those_no_kept_caption_names_as_whole_words(tmp_path
     pq.write_table(table, tmp_path / "00000.parquet")
     concepts = ["Niger", "Nepal", "cat", "cat face", "Nigeria", "C++ (1)"]
     assert ablation.unseen_concepts(tmp_path, concepts) == ["Nepal", "C++ (1)"]
+
+
+def test_the_gain_by_frequency_splits_classes_by_how_often_the_input_list_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    work, runs = tmp_path / "work", tmp_path / "out" / "runs"
+    # held-out classes in load_folder's (sorted) order, named 1, 1, 3, 3, 9 and 9 times
+    classes = {"ant": 9, "bee": 1, "cat face": 3, "dog": 9, "eel": 1, "fox": 3}
+    for name in classes:
+        (work / "styles" / "twitter" / name).mkdir(parents=True)
+    captions = [f"a {name} icon" for name, n in classes.items() for _ in range(n)]
+    captions += ["a beetle", "cat", "Fox Terrier"]  # not "bee" nor "cat face"; "fox" in any case
+    pq.write_table(pa.table({"url": ["u"] * len(captions), "caption": captions}),
+                   work / "urls.parquet")  # fmt: skip
+    assert ablation.heldout_name_counts(work) == {"twitter": [9, 1, 3, 9, 1, 4]}
+    runs.mkdir(parents=True)
+    write_run(runs, "raw", 0, [1, 0, 0, 1, 0, 0], {"steps": 10})  # only the often named
+    write_run(runs, "all", 0, [0, 1, 1, 0, 1, 0], {"steps": 10})  # the rarely named, one more
+    ablation.main(["--by-frequency", str(work), str(tmp_path / "out")])
+    table = json.loads(capsys.readouterr().out)
+    assert table["groups"]["twitter"] == [[1, 1], [3, 4], [9, 9]]
+    gains = [group["top1_gain"] for group in table["all"]["twitter"]]
+    assert gains == [1.0, 0.5, -1.0]
+    assert table["all"]["twitter"][0]["top1_gain_ci"] == [1.0, 1.0]  # every resample the same
+    assert [group["top1"] for group in table["raw"]["twitter"]] == [0.0, 0.0, 1.0]
+    ablation.main(["--by-frequency", str(work), str(tmp_path / "out"), "--markdown"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| pool | style | named 1-1x: top-1")
+    assert lines[3] == ("| all | twitter | 1.000 (+1.000 [+1.000, +1.000]) | 0.500 (+0.500 "
+                        "[+0.000, +1.000]) | 0.000 (-1.000 [-1.000, -1.000]) |")  # fmt: skip
