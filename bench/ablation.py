@@ -186,6 +186,25 @@ def section(result: dict) -> str:
         f"<h2>Curation ablation</h2><p>{html.escape(result['note'])}</p>"
         f'<img src="data:image/png;base64,{image}"><table><tr>'
         + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+        + frequency_section(result["by_frequency"])
+    )  # fmt: skip
+
+
+def frequency_section(table: dict) -> str:
+    """The report's table of `by_frequency`: top-1 and its gain per group of held-out classes."""
+    groups = next(iter(table["groups"].values()))
+    head = ["pool", "held-out style"] + [
+        f"named {lo}-{hi}x: top-1 (gain, 95% CI)" for lo, hi in groups
+    ]
+    rows = []
+    for pool, per_style in table.items():
+        for style, cells in per_style.items() if pool != "groups" else ():
+            text = [f"{c['top1']:.3f} ({c['top1_gain']:+.3f}, {c['top1_gain_ci']})" for c in cells]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>"
+                                         for c in [pool, style, *text]) + "</tr>")  # fmt: skip
+    return (
+        "<h3>By how often the input list names the class</h3><table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
     )  # fmt: skip
 
 

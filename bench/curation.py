@@ -380,6 +380,7 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
         raise SystemExit("no raw run is finished: every gain is measured against raw")
     samples = {pool: rs[0]["samples"] for pool, rs in runs.items()}
     seen = args.steps * args.batch_size
+    hits = {p: [r["styles"] for r in rs] for p, rs in runs.items()}
     result = {
         "corpus": args.corpus, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
         "seeds": seeds, "seeds_done": {p: [r["seed"] for r in rs] for p, rs in runs.items()},
@@ -394,7 +395,8 @@ def ablate(args: argparse.Namespace, work: Path, seeds: list[int], corpus: WebCo
         "heldout_images": {s: len(list(f.rglob("*.jpg"))) for s, f in styles.items()},
         "flags": {pool: store.flags[pool] for pool in runs},
         "corpora": corpora_of(runs),
-        "summary": ablation.summarise({p: [r["styles"] for r in rs] for p, rs in runs.items()}),
+        "summary": ablation.summarise(hits),
+        "by_frequency": ablation.by_frequency(hits, ablation.heldout_name_counts(work)),
         "run_seconds": {p: [r["seconds"] for r in rs] for p, rs in runs.items()},
         "trained_now": len(raw_runs) + len(rest),
     }  # fmt: skip

@@ -235,6 +235,8 @@ def test_the_gain_by_frequency_splits_classes_by_how_often_the_input_list_names_
     assert gains == [1.0, 0.5, -1.0]
     assert table["all"]["twitter"][0]["top1_gain_ci"] == [1.0, 1.0]  # every resample the same
     assert [group["top1"] for group in table["raw"]["twitter"]] == [0.0, 0.0, 1.0]
+    page = ablation.frequency_section(table)  # the report's table
+    assert "named 9-9x" in page and page.count("<tr>") == 1 + 2
     ablation.main(["--by-frequency", str(work), str(tmp_path / "out"), "--markdown"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| pool | style | named 1-1x: top-1")
