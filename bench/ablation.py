@@ -198,7 +198,9 @@ def frequency_section(table: dict) -> str:
     ]
     rows = []
     for pool, per_style in table.items():
-        for style, cells in per_style.items() if pool != "groups" else ():
+        if pool == "groups":
+            continue
+        for style, cells in per_style.items():
             text = [f"{c['top1']:.3f} ({c['top1_gain']:+.3f}, {c['top1_gain_ci']})" for c in cells]
             rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>"
                                          for c in [pool, style, *text]) + "</tr>")  # fmt: skip
@@ -289,12 +291,10 @@ def unseen_concepts(manifest: Path, concepts: list[str]) -> list[str]:
     return [concept for concept in concepts if not pc.any(naming(captions, concept)).as_py()]
 
 
-def name_counts(urls: Path, concepts: list[str]) -> list[int]:
-    """How many rows of the input list (`urls.parquet`) name each concept in their caption."""
+def name_counts(captions, concepts: list[str]) -> list[int]:
+    """How many of the lower-cased `captions` (an Arrow array) name each concept."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    captions = pc.utf8_lower(pq.read_table(urls, columns=["caption"])["caption"])
     return [pc.sum(naming(captions, concept)).as_py() or 0 for concept in concepts]
 
 
@@ -304,24 +304,26 @@ def by_frequency(runs: dict[str, list[dict]], counts: dict[str, list[int]], part
     groups by how often the input list names them (`counts`, in class order), and the gain over
     raw in each group with a paired bootstrap interval: where curation's gain comes from, since
     zero-shot accuracy follows how often a concept was seen."""
-    groups = {style: np.array_split(np.argsort(np.asarray(c), kind="stable"), parts)
-              for style, c in counts.items()}  # fmt: skip
-    out: dict = {"groups": {style: [[int(np.asarray(counts[style])[g].min()),
-                                     int(np.asarray(counts[style])[g].max())] for g in gs]
-                            for style, gs in groups.items()}}  # fmt: skip
+    counts_of = {style: np.asarray(c) for style, c in counts.items()}
+    groups = {style: np.array_split(np.argsort(c, kind="stable"), parts)
+              for style, c in counts_of.items()}  # fmt: skip
+    out: dict = {"groups": {style: [[int(counts_of[style][g].min()), int(counts_of[style][g].max())]
+                                    for g in gs] for style, gs in groups.items()}}  # fmt: skip
+
+    def seed_mean(seeds: list[dict], style: str, k: str) -> np.ndarray:
+        return np.array([run[style][k] for run in seeds], float).mean(0)
+
     for pool, seeds in runs.items():
         out[pool] = {}
         for style, parts_of_style in groups.items():
-            rows = []
-            for group in parts_of_style:
-                row = {}
-                for k, name in (("hits1", "top1"), ("hits5", "top5")):
-                    mean = np.array([run[style][k] for run in seeds], float).mean(0)[group]
-                    raw = np.array([run[style][k] for run in runs["raw"]], float).mean(0)[group]
-                    row[name] = round(float(mean.mean()), 4)
-                    row[f"{name}_gain"] = round(float(mean.mean() - raw.mean()), 4)
-                    row[f"{name}_gain_ci"] = interval(mean - raw, np.random.default_rng(seed))
-                rows.append(row)
+            rows = [{} for _ in parts_of_style]
+            for k, name in (("hits1", "top1"), ("hits5", "top5")):
+                mean, raw = seed_mean(seeds, style, k), seed_mean(runs["raw"], style, k)
+                for row, group in zip(rows, parts_of_style, strict=True):
+                    row[name] = round(float(mean[group].mean()), 4)
+                    row[f"{name}_gain"] = round(float(mean[group].mean() - raw[group].mean()), 4)
+                    row[f"{name}_gain_ci"] = interval(mean[group] - raw[group],
+                                                      np.random.default_rng(seed))  # fmt: skip
             out[pool][style] = rows
     return out
 
@@ -354,11 +356,15 @@ def unseen_per_pool(work: Path) -> dict[str, dict[str, int]]:
 
 def heldout_name_counts(work: Path) -> dict[str, list[int]]:
     """Per held-out style of an ablation's `--work` folder, how often the input list names each
-    class, in the order `trainer.evaluate.load_folder` reads the classes."""
-    styles = sorted(folder for folder in (work / "styles").iterdir() if folder.is_dir())
-    return {style.name: name_counts(work / "urls.parquet",
-                                    [c.name for c in sorted(p for p in style.iterdir() if p.is_dir())])
-            for style in styles}  # fmt: skip
+    class, in the order the evaluation numbers the classes."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from trainer.evaluate import class_folders
+
+    captions = pc.utf8_lower(pq.read_table(work / "urls.parquet", columns=["caption"])["caption"])
+    return {style.name: name_counts(captions, [c.name for c in class_folders(style)])
+            for style in class_folders(work / "styles")}  # fmt: skip
 
 
 def main(argv: list[str]) -> None:

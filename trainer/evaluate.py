@@ -54,10 +54,15 @@ def read_classes(path: str | Path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def class_folders(folder: str | Path) -> list[Path]:
+    """A class-per-folder tree's class folders, in the order their labels are numbered."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_dir())
+
+
 def load_folder(folder: str | Path, names: list[str] | None = None):
     """Images of a folder per class: (images, labels, class names). The names are the folders'
     unless `names` gives one per folder (sorted), as for ImageNet's synset folders."""
-    folders = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+    folders = class_folders(folder)
     if names is not None and len(names) != len(folders):
         raise ValueError(f"{len(names)} class names for {len(folders)} class folders")
     images, labels = [], []
