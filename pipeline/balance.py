@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -26,7 +27,7 @@ from manifests.io import join
 from manifests.query_list import load_queries
 from manifests.schema import Pair
 from pipeline.config_flags import config_from_flags, option
-from pipeline.matching import QueryMatcher, TokenMatcher
+from pipeline.matching import QueryMatcher, TokenMatcher, never_matching, spacing
 from pipeline.stage import Options, Stage, whole
 from pipeline.stats import CountEvents
 
@@ -231,10 +232,27 @@ def config_from_args(args: argparse.Namespace) -> BalanceConfig | None:
 
 
 def _query_count(config: BalanceConfig, ctx) -> int:
-    """The list's size, read once while the graph is wired: a bad list fails before the run."""
+    """The list's size, read once while the graph is wired: a bad list fails before the run,
+    and queries that can never match are reported before it."""
     if "queries" not in ctx.shared:
-        ctx.shared["queries"] = len(load_queries(config.queries))
+        queries = load_queries(config.queries)
+        ctx.shared["queries"] = len(queries)
+        warn_never_matching(queries, config.queries)
     return ctx.shared["queries"]
+
+
+def warn_never_matching(queries: Sequence[str], name: str) -> None:
+    """A query with punctuation not spaced apart matches no caption (`never_matching`): its
+    pairs end `unmatched` with nothing else to say why, so the list is flagged up front."""
+    never = never_matching(queries)
+    if never:
+        examples = ", ".join(repr(queries[i]) for i in never[:3])
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d queries can never match, since matching spaces the punctuation of "
+            "captions apart (MetaCLIP's rule), e.g. %s; write them spaced as a caption is "
+            "(%r) or without the punctuation", name, len(never), len(queries), examples,
+            " ".join(spacing(queries[never[0]]).split()),
+        )  # fmt: skip
 
 
 def _match(config: BalanceConfig, ctx) -> MatchQueries:

@@ -15,6 +15,7 @@ limits a per-caption scan.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import ahocorasick
 import numpy as np
@@ -69,6 +70,21 @@ def spaced_tokens(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ends = np.concatenate((keys >> 1, [len(data)]))
     starts = np.concatenate(([0], (keys >> 1) + (keys & 1)))
     return data, starts, ends
+
+
+def never_matching(queries: Sequence[str]) -> list[int]:
+    """The ids of the (normalised) queries that no caption can match under the rule: spacing
+    puts a space on both sides of every punctuation mark of the caption, and two between
+    adjacent marks, but does nothing to the query, so "The letter P." or "St. Louis" matches
+    nothing, not even the caption "The letter P." (under MetaCLIP's rule too), while its
+    spaced form "The letter P ." would."""
+
+    def can_match(query: str) -> bool:
+        tokens = query.split(" ")
+        adjacent_marks = any(a in PUNCTUATION and b in PUNCTUATION for a, b in pairwise(tokens))
+        return " ".join(spacing(query).split()) == query and not adjacent_marks
+
+    return [i for i, query in enumerate(queries) if not can_match(query)]
 
 
 def reference_match(caption: str, queries: Sequence[str]) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 
 import apache_beam as beam
@@ -28,8 +29,16 @@ from pipeline.balance import (
     MatchQueries,
     draw,
     keep_probabilities,
+    warn_never_matching,
 )
-from pipeline.matching import QueryMatcher, TokenMatcher, reference_match, spaced_tokens, spacing
+from pipeline.matching import (
+    QueryMatcher,
+    TokenMatcher,
+    never_matching,
+    reference_match,
+    spaced_tokens,
+    spacing,
+)
 
 WORDS = ["new", "york", "city", "New", "York", "a", "an", "red", "Paris", "paris", "the", "Ünï"]
 QUERY_POOL = [*WORDS, "new york", "new york city", "york city", "New York", "a red", "U.S.", "a.",
@@ -88,6 +97,37 @@ def test_spaced_tokens_cut_the_text_where_spacing_and_split_do(text):
         data[start:end].tobytes().decode("utf-8") for start, end in zip(starts, ends, strict=True)
     ]
     assert tokens == spacing(text).split(" ")[1:-1]
+
+
+PUNCTUATED = st.text(alphabet=st.sampled_from("ab ,.!"), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(query=PUNCTUATED, texts=st.lists(PUNCTUATED, max_size=20))
+def test_a_query_flagged_never_matching_matches_no_caption_and_any_other_matches_one(query, texts):
+    query = " ".join(query.split())
+    if not query:
+        return
+    tight = re.sub(r" ?([,.!]) ?", r"\1", query)  # the caption the query reads as once spaced
+    captions = [*texts, query, tight]
+    if never_matching([query]):
+        assert all(reference_match(caption, [query]) == [] for caption in captions)
+    else:
+        assert reference_match(tight, [query]) == [0]
+
+
+def test_a_list_with_queries_that_can_never_match_is_flagged(caplog):
+    queries = ["The letter P.", "red apple", "St. Louis", "a , b", "a , , b", "U.S."]
+    assert never_matching(queries) == [0, 2, 4, 5]
+    assert reference_match("The letter P.", queries) == []  # why: the caption is spaced apart
+    assert reference_match("The letter P.", ["The letter P ."]) == [0]
+    with caplog.at_level("WARNING"):
+        warn_never_matching(queries, "q.txt")
+    assert "q.txt: 4 of 6 queries can never match" in caplog.text
+    assert "'The letter P.'" in caplog.text and "'The letter P .'" in caplog.text
+    caplog.clear()
+    warn_never_matching(["red apple", "a , b"], "ok.txt")
+    assert caplog.text == ""
 
 
 @pytest.mark.parametrize("matcher_class", [QueryMatcher, TokenMatcher])
