@@ -1,18 +1,25 @@
 """`bench/curation.py --ablate`'s parts: the pools (each curation stage alone), per-image
 evaluation on every held-out style, bootstrap intervals, and the report's table and plot.
 
-    python bench/ablation.py DIR [MORE...] [--markdown]
+    python bench/ablation.py DIR [MORE...] [--baseline POOL] [--markdown]
     python bench/ablation.py --unseen WORK
 
 prints the summary of the runs finished so far in DIR/runs/ (or DIR) as one JSON line, or as
 the README's table; the runs of MORE folders (kept runs of other settings of a pool, measured
-against DIR's raw) join as "POOL (FOLDER)". `--unseen WORK` prints, for each pool crawled in
+against DIR's raw) join as "POOL (FOLDER)". `--baseline POOL` measures every gain against
+POOL instead of raw, paired on the same images: two pools compared directly, not by whether
+their intervals against raw overlap. `--unseen WORK` prints, for each pool crawled in
 an ablation's `--work` folder, the held-out concepts that no kept caption names.
 
     python bench/ablation.py --by-frequency WORK DIR [MORE...] [--markdown]
 
 splits the held-out classes into three equal groups by how often WORK's input list names them
 and prints each pool's top-1 and gain over raw per group.
+
+    python bench/ablation.py --by-origin WORK POOL [--markdown]
+
+prints, per origin of the input rows (each source's clean pictures, each kind of noise), how
+many rows of POOL's manifest ended in each status: which pictures a stage drops.
 
 A pool's flags are the demo recipe's crawl options of its stages only, so "all" is the recipe
 (plus the score filter) and every stage alone is configured exactly as in "all".
@@ -112,9 +119,10 @@ def interval(hits: np.ndarray, rng: np.random.Generator) -> list[float]:
     return [round(float(q), 4) for q in np.percentile(hits[picks].mean(1), [2.5, 97.5])]
 
 
-def summarise(runs: dict[str, list[dict]], seed: int = 0) -> dict:
+def summarise(runs: dict[str, list[dict]], seed: int = 0, baseline: str = "raw") -> dict:
     """Per pool and style: means over seeds, their spread, bootstrap intervals over images of
-    the seed-averaged hits, and the gain over raw with a paired interval (same resamples)."""
+    the seed-averaged hits, and the gain over `baseline` with a paired interval (same
+    resamples)."""
     out = {}
     for pool, seeds in runs.items():
         out[pool] = {}
@@ -122,7 +130,7 @@ def summarise(runs: dict[str, list[dict]], seed: int = 0) -> dict:
             row = {}
             for k in ("hits1", "hits5"):
                 per_seed = np.array([run[style][k] for run in seeds], dtype=float)  # (S, N)
-                raw = np.array([run[style][k] for run in runs["raw"]], dtype=float).mean(0)
+                base = np.array([run[style][k] for run in runs[baseline]], dtype=float).mean(0)
                 name = "top1" if k == "hits1" else "top5"
                 rng = np.random.default_rng(seed)
                 row[name] = round(float(per_seed.mean()), 4)
@@ -131,9 +139,9 @@ def summarise(runs: dict[str, list[dict]], seed: int = 0) -> dict:
                 row[f"{name}_seed_std"] = (
                     round(float(per_seed.mean(1).std(ddof=1)), 4) if len(seeds) > 1 else 0.0
                 )
-                row[f"{name}_gain"] = round(float(per_seed.mean() - raw.mean()), 4)
+                row[f"{name}_gain"] = round(float(per_seed.mean() - base.mean()), 4)
                 row[f"{name}_gain_ci"] = interval(
-                    per_seed.mean(0) - raw, np.random.default_rng(seed)
+                    per_seed.mean(0) - base, np.random.default_rng(seed)
                 )
             for k in seeds[0][style]:
                 if k.endswith(("R@1", "R@5")):
@@ -241,9 +249,9 @@ def gathered(folders: list[Path]) -> dict[str, list[dict]]:
     return runs
 
 
-def markdown(runs: dict[str, list[dict]], summary: dict) -> str:
-    """The README's table: a row per pool and held-out style; a seed made on another corpus
-    than raw's first run is marked with a dagger."""
+def markdown(runs: dict[str, list[dict]], summary: dict, baseline: str = "raw") -> str:
+    """The README's table: a row per pool and held-out style, gains against `baseline`; a
+    seed made on another corpus than raw's first run is marked with a dagger."""
     corpus = runs["raw"][0]["settings"].get("corpus_sha256")
 
     def number(value: float) -> str:
@@ -253,9 +261,11 @@ def markdown(runs: dict[str, list[dict]], summary: dict) -> str:
         return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
     def gain(pool: str, row: dict, name: str) -> str:
-        return "" if pool == "raw" else f"{row[name + '_gain']:+.3f} {span(row[name + '_gain_ci'])}"
+        if pool == baseline:
+            return ""
+        return f"{row[name + '_gain']:+.3f} {span(row[name + '_gain_ci'])}"
 
-    rows = ["| pool (samples) | seeds | style | top-1 [95% CI] (per seed) | gain vs raw [95% CI] "
+    rows = [f"| pool (samples) | seeds | style | top-1 [95% CI] (per seed) | gain vs {baseline} [95% CI] "
             "| top-5 | top-5 gain [95% CI] | i->t R@1 | t->i R@1 |", "|---" * 9 + "|"]  # fmt: skip
     for pool, styles in summary.items():
         seeds = ",".join(f"{run['seed']}{'' if run['settings'].get('corpus_sha256') == corpus else '†'}"
@@ -354,6 +364,43 @@ def unseen_per_pool(work: Path) -> dict[str, dict[str, int]]:
                    for style in styles} for pool in crawled}  # fmt: skip
 
 
+def origins(rows: list[dict]) -> list[str]:
+    """Each input row's origin: its source for a clean row (a picture's art style or
+    collection), else the kind of noise it is; in the input list's order."""
+    return [row.get("source") or row["kind"] for row in rows]
+
+
+def status_group(status: str) -> str:
+    """A manifest status as a column of `--by-origin`'s table: a filter's drops together,
+    every dup and every error together."""
+    parts = status.split(":")
+    return ":".join(parts[:2]) if parts[0] == "filtered" else parts[0]
+
+
+def statuses_by_origin(work: Path, pool: str) -> dict[str, dict[str, int]]:
+    """Per origin (`WORK/origins.parquet`, one per input row), the rows of `pool`'s manifest
+    in each status group: what each stage kept and dropped of each source."""
+    import pyarrow.parquet as pq
+
+    origin = pq.read_table(work / "origins.parquet")["origin"].to_pylist()
+    table = pq.read_table(work / pool / "manifest", columns=["key", "status"]).to_pydict()
+    out: dict[str, dict[str, int]] = {}
+    for key, status in zip(table["key"], table["status"], strict=True):
+        counts = out.setdefault(origin[int(key)], {})
+        counts[status_group(status)] = counts.get(status_group(status), 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])))
+
+
+def origins_markdown(table: dict[str, dict[str, int]]) -> str:
+    groups = sorted({group for counts in table.values() for group in counts},
+                    key=lambda g: (g != "ok", g))  # fmt: skip
+    rows = [f"| origin | rows | {' | '.join(groups)} |", "|---" * (2 + len(groups)) + "|"]
+    for origin, counts in table.items():
+        cells = " | ".join(f"{counts.get(group, 0):,}" for group in groups)
+        rows.append(f"| {origin} | {sum(counts.values()):,} | {cells} |")
+    return "\n".join(rows)
+
+
 def heldout_name_counts(work: Path) -> dict[str, list[int]]:
     """Per held-out style of an ablation's `--work` folder, how often the input list names each
     class, in the order the evaluation numbers the classes."""
@@ -368,10 +415,15 @@ def heldout_name_counts(work: Path) -> dict[str, list[int]]:
 
 
 def main(argv: list[str]) -> None:
-    """Per pool, its seeds done and the summary of its finished runs: JSON, or `--markdown`;
-    or `--unseen WORK`; or `--by-frequency WORK DIR...`."""
+    """Per pool, its seeds done and the summary of its finished runs (gains against raw or
+    `--baseline POOL`): JSON, or `--markdown`; or `--unseen WORK`; or `--by-frequency WORK
+    DIR...`; or `--by-origin WORK POOL`."""
     if argv[:1] == ["--unseen"]:
         print(json.dumps(unseen_per_pool(Path(argv[1]))))
+        return
+    if argv[:1] == ["--by-origin"]:
+        table = statuses_by_origin(Path(argv[1]), argv[2])
+        print(origins_markdown(table) if "--markdown" in argv else json.dumps(table))
         return
     if argv[:1] == ["--by-frequency"]:
         runs = gathered([Path(arg) for arg in argv[2:] if arg != "--markdown"])
@@ -379,13 +431,22 @@ def main(argv: list[str]) -> None:
                              heldout_name_counts(Path(argv[1])))  # fmt: skip
         print(frequency_markdown(table) if "--markdown" in argv else json.dumps(table))
         return
+    baseline = "raw"
+    if "--baseline" in argv:
+        at = argv.index("--baseline")
+        baseline, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
     runs = gathered([Path(arg) for arg in argv if arg != "--markdown"])
-    summary = summarise({pool: [run["styles"] for run in rs] for pool, rs in runs.items()})
+    if baseline not in runs:
+        raise SystemExit(
+            f"--baseline: no finished run of pool {baseline!r}; pools: {', '.join(runs)}"
+        )
+    summary = summarise({pool: [run["styles"] for run in rs] for pool, rs in runs.items()},
+                        baseline=baseline)  # fmt: skip
     if "--markdown" in argv:
-        print(markdown(runs, summary))
+        print(markdown(runs, summary, baseline))
         return
     seeds = {pool: [run["seed"] for run in rs] for pool, rs in runs.items()}
-    print(json.dumps({"seeds": seeds, "summary": summary}))
+    print(json.dumps({"seeds": seeds, "baseline": baseline, "summary": summary}))
 
 
 if __name__ == "__main__":

@@ -434,6 +434,8 @@ def main(argv: list[str] | None = None) -> None:
         with CorpusServer(corpus.images) as server:
             rows = [{"url": server.url(r["path"]), "caption": r["caption"]} for r in corpus.rows]
             pq.write_table(pa.Table.from_pylist(rows), work / "urls.parquet")
+            origin = pa.table({"origin": ablation.origins(corpus.rows)})
+            pq.write_table(origin, work / "origins.parquet")  # for `ablation.py --by-origin`
             result = (
                 ablate(args, work, seeds, corpus) if args.ablate else compare(args, work, seeds)
             )

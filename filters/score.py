@@ -12,7 +12,9 @@ trained on the raw pool scores the concepts it rarely saw low, and one global th
 (`--score-scope global`, DataComp's) empties the tail that balancing keeps: in the ablation's
 curated pool, 42 of the 200 held-out concepts lost every pair to it, and top-1 fell from
 0.170/0.230 to 0.145/0.150 (bench/curation.py --ablate, README). Pairs without queries
-(balancing off, or `--keep-unmatched`) are held to the global threshold.
+(balancing off, or `--keep-unmatched`) are held to the global threshold. Even per query, a
+weak scorer (the tiny CLIP trained on the raw pool) cost the curated pool 6-7 points of top-5
+there, by dropping the renderings it disagrees with, so the demo recipe leaves it off.
 
 Torch and the trainer are imported only when a Scorer is built, so a pipeline without the
 score filter never needs them.

@@ -81,6 +81,35 @@ def test_summary_of_finished_runs_gives_the_gain_with_a_paired_interval(tmp_path
     assert row["image_to_text_R@1"] == 0.5
 
 
+def test_two_pools_are_compared_directly_against_a_named_baseline(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(3)
+    for seed in range(2):
+        write_run(tmp_path, "raw", seed, hits(0.1, 400, rng), {"steps": 10})
+        write_run(tmp_path, "recipe", seed, hits(0.3, 400, rng), {"steps": 10})
+        write_run(tmp_path, "recipe_no_dedup", seed, hits(0.32, 400, rng), {"steps": 10})
+    ablation.main([str(tmp_path), "--baseline", "recipe", "--markdown"])
+    table = capsys.readouterr().out.splitlines()
+    assert "gain vs recipe [95% CI]" in table[0]
+    runs = ablation.finished(tmp_path)
+    styles = {p: [r["styles"] for r in rs] for p, rs in runs.items()}
+    against_recipe = ablation.summarise(styles, baseline="recipe")
+    against_raw = ablation.summarise(styles)
+    row, vs_raw = (
+        against_recipe["recipe_no_dedup"]["twitter"],
+        against_raw["recipe_no_dedup"]["twitter"],
+    )
+    expected = vs_raw["top1_gain"] - against_raw["recipe"]["twitter"]["top1_gain"]
+    assert row["top1_gain"] == pytest.approx(expected, abs=2e-4)
+    low, high = row["top1_gain_ci"]
+    assert low < 0 < high  # 2 points on 400 images: the paired interval spans 0
+    assert against_recipe["recipe"]["twitter"]["top1_gain"] == 0
+    assert against_recipe["raw"]["twitter"]["top1_gain"] < 0
+    recipe_row = next(line for line in table if line.startswith("| recipe (100)"))
+    assert recipe_row.split(" | ")[4] == ""  # the baseline's own gain is left blank
+    with pytest.raises(SystemExit, match="no finished run of pool 'dedup'"):
+        ablation.main([str(tmp_path), "--baseline", "dedup"])
+
+
 def test_runs_made_under_other_settings_are_not_one_ablation(tmp_path: Path) -> None:
     write_run(tmp_path, "raw", 0, [1, 0], {"steps": 10})
     write_run(tmp_path, "raw", 1, [1, 0], {"steps": 20})
@@ -195,6 +224,37 @@ def test_kept_runs_of_another_folder_join_under_their_folder_and_print_as_a_tabl
     write_run(kept, "score", 0, [1, 0], {"steps": 20})
     with pytest.raises(ValueError, match="different settings"):
         ablation.gathered([tmp_path / "main", kept])
+
+
+def test_each_input_row_is_counted_under_its_origin_by_status_group(tmp_path: Path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"kind": "clean", "source": "apple"}, {"kind": "clean", "source": "openclipart"},
+            {"kind": "clean", "source": "openclipart"}, {"kind": "dead"},
+            {"kind": "near_duplicate"}, {"kind": "clean", "source": "apple"}]  # fmt: skip
+    assert ablation.origins(rows) == ["apple", "openclipart", "openclipart", "dead",
+                                      "near_duplicate", "apple"]  # fmt: skip
+    pq.write_table(pa.table({"origin": ablation.origins(rows)}), tmp_path / "origins.parquet")
+    statuses = ["ok", "filtered:score:not_top", "filtered:score:not_top", "error:http_404",
+                "dup:near", "filtered:image:too_small"]  # fmt: skip
+    keys = [f"{i:015d}" for i in range(len(rows))]
+    (tmp_path / "all" / "manifest").mkdir(parents=True)
+    for part, (lo, hi) in enumerate([(0, 4), (4, 6)]):  # the manifest comes in parts, any order
+        table = pa.table({"key": keys[lo:hi][::-1], "status": statuses[lo:hi][::-1]})
+        pq.write_table(table, tmp_path / "all" / "manifest" / f"{part:05d}.parquet")
+    table = ablation.statuses_by_origin(tmp_path, "all")
+    assert table == {
+        "apple": {"ok": 1, "filtered:image": 1},
+        "openclipart": {"filtered:score": 2},
+        "dead": {"error": 1},
+        "near_duplicate": {"dup": 1},
+    }
+    ablation.main(["--by-origin", str(tmp_path), "all", "--markdown"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| origin | rows | ok | dup | error | filtered:image | filtered:score |"
+    assert lines[2] == "| apple | 2 | 1 | 0 | 0 | 1 | 0 |"
+    assert sum(int(line.split(" | ")[1]) for line in lines[2:]) == len(rows)  # every row
 
 
 def test_unseen_concepts_are_those_no_kept_caption_names_as_whole_words(tmp_path: Path) -> None:
