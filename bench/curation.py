@@ -38,7 +38,8 @@ crawl report, with the ablation's plot and table). Each finished run is stored a
 `OUT/runs/POOL-SEED.json` with its settings and the corpus' digest; the same command run again
 (in another session: the files are small enough to commit) trains only the runs missing, and
 crawls only their pools. `--work DIR` keeps the crawls and checkpoints, so a run cut short
-also resumes from its last quarter's checkpoint.
+also resumes from its last quarter's checkpoint, and each input row's origin
+(`origins.parquet`, for `bench/ablation.py --by-origin`).
 """
 
 from __future__ import annotations
