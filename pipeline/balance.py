@@ -134,11 +134,13 @@ class _MatchFn(beam.DoFn):
 
 class MatchQueries(beam.PTransform):
     """Pairs in, the same pairs out with their matched query ids; no match: `unmatched`.
-    Stats: {"rows_in", "matched", "unmatched"} over the pairs that arrived ok."""
+    Stats: {"rows_in", "matched", "unmatched"} over the pairs that arrived ok, and
+    "queries_never_matching" (`never_matching`) when the wiring counted them."""
 
-    def __init__(self, config: BalanceConfig):
+    def __init__(self, config: BalanceConfig, never_matching_queries: int | None = None):
         super().__init__()
         self._config = config
+        self._never = never_matching_queries
 
     def expand(self, pairs):
         passed = pairs | "NotOk" >> beam.Filter(lambda p: not p.is_ok)
@@ -151,10 +153,13 @@ class MatchQueries(beam.PTransform):
         events = matched | "Events" >> beam.FlatMap(
             lambda p: ["rows_in", "matched" if p.queries else UNMATCHED]
         )
-        return {
-            "pairs": (passed, matched) | "Merge" >> beam.Flatten(),
-            "stats": events | "Stats" >> CountEvents(("rows_in", "matched", UNMATCHED), "balance"),
-        }
+        stats = events | "Stats" >> CountEvents(("rows_in", "matched", UNMATCHED), "balance")
+        if self._never is not None:
+            never = self._never
+            stats = stats | "NeverMatching" >> beam.Map(
+                lambda counts: {**counts, "queries_never_matching": never}
+            )
+        return {"pairs": (passed, matched) | "Merge" >> beam.Flatten(), "stats": stats}
 
 
 class _SelectFn(beam.DoFn):
@@ -237,13 +242,14 @@ def _query_count(config: BalanceConfig, ctx) -> int:
     if "queries" not in ctx.shared:
         queries = load_queries(config.queries)
         ctx.shared["queries"] = len(queries)
-        warn_never_matching(queries, config.queries)
+        ctx.shared["queries_never_matching"] = warn_never_matching(queries, config.queries)
     return ctx.shared["queries"]
 
 
-def warn_never_matching(queries: Sequence[str], name: str) -> None:
+def warn_never_matching(queries: Sequence[str], name: str) -> int:
     """A query with punctuation not spaced apart matches no caption (`never_matching`): its
-    pairs end `unmatched` with nothing else to say why, so the list is flagged up front."""
+    pairs end `unmatched` with nothing else to say why, so the list is flagged up front.
+    Returns how many the list holds, for the match stage's stats."""
     never = never_matching(queries)
     if never:
         examples = ", ".join(repr(queries[i]) for i in never[:3])
@@ -253,11 +259,12 @@ def warn_never_matching(queries: Sequence[str], name: str) -> None:
             "(%r) or without the punctuation", name, len(never), len(queries), examples,
             " ".join(spacing(queries[never[0]]).split()),
         )  # fmt: skip
+    return len(never)
 
 
 def _match(config: BalanceConfig, ctx) -> MatchQueries:
     _query_count(config, ctx)
-    return MatchQueries(config)
+    return MatchQueries(config, ctx.shared["queries_never_matching"])
 
 
 def _prebalance(config: BalanceConfig, ctx) -> Balance:

@@ -122,11 +122,11 @@ def test_a_list_with_queries_that_can_never_match_is_flagged(caplog):
     assert reference_match("The letter P.", queries) == []  # why: the caption is spaced apart
     assert reference_match("The letter P.", ["The letter P ."]) == [0]
     with caplog.at_level("WARNING"):
-        warn_never_matching(queries, "q.txt")
+        assert warn_never_matching(queries, "q.txt") == 4
     assert "q.txt: 4 of 6 queries can never match" in caplog.text
     assert "'The letter P.'" in caplog.text and "'The letter P .'" in caplog.text
     caplog.clear()
-    warn_never_matching(["red apple", "a , b"], "ok.txt")
+    assert warn_never_matching(["red apple", "a , b"], "ok.txt") == 0
     assert caplog.text == ""
 
 
@@ -242,11 +242,11 @@ def test_pipeline_balances_before_and_after_download(tmp_path, server, corpus):
     jpeg = next(image for image in corpus if image.name.endswith(".jpg"))
     rows = []
     for i in range(120):  # every row a distinct URL of the same picture
-        caption = "a photo of a red thing" if i < 80 else "one blue thing"
+        caption = "a photo of a red thing." if i < 80 else "one blue thing"
         rows.append({"url": server.url(f"img/{jpeg.name}?copy={i}"), "caption": caption})
     rows += [{"url": server.url(f"img/{jpeg.name}?copy=x{i}"), "caption": "zzz"} for i in range(6)]
     path = write_list(tmp_path / "list.csv", rows, "csv")
-    (tmp_path / "queries.json").write_text(json.dumps(["red", "blue", "green"]))
+    (tmp_path / "queries.json").write_text(json.dumps(["red", "blue", "green", "red thing."]))
     out = tmp_path / "out"
     beam_runner.run(["--input", str(path), "--output", str(out), "--allowed-networks", LOOPBACK,
                      "--dedup", "none", "--queries", str(tmp_path / "queries.json"),
@@ -254,7 +254,8 @@ def test_pipeline_balances_before_and_after_download(tmp_path, server, corpus):
     stats = json.loads((out / "stats.json").read_text())
     counts = stats["status_counts"]
     assert sum(counts.values()) == stats["input_rows"] == 126 and counts[UNMATCHED] == 6
-    assert stats["balance_match"] == {"rows_in": 126, "matched": 120, UNMATCHED: 6}
+    assert stats["balance_match"] == {"rows_in": 126, "matched": 120, UNMATCHED: 6,
+                                      "queries_never_matching": 1}  # fmt: skip
     pre, final = stats["balance_pre"], stats["balance_final"]
     assert pre["rows_in"] == 120 and final["rows_in"] == pre["kept"] < 70  # head cut before fetch
     assert counts["ok"] == final["kept"] and counts[BALANCED_OUT] == 120 - final["kept"]
@@ -263,6 +264,7 @@ def test_pipeline_balances_before_and_after_download(tmp_path, server, corpus):
     assert (
         by_query["red"]["pool"] == 80 and by_query["blue"]["pool"] == 40 and "green" not in by_query
     )
+    assert "red thing." not in by_query  # 80 captions end so, but matching spaces "." apart
     assert by_query["red"]["after_prebalance"] == by_query["red"]["final_in"]
     assert sum(r["final_kept"] for r in table) == counts["ok"]
     assert Image.open(out / "balance/query_counts.png").size[0] > 300
