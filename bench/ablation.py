@@ -32,6 +32,7 @@ import html
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -385,9 +386,11 @@ def statuses_by_origin(work: Path, pool: str) -> dict[str, dict[str, int]]:
     origin = pq.read_table(work / "origins.parquet")["origin"].to_pylist()
     table = pq.read_table(work / pool / "manifest", columns=["key", "status"]).to_pydict()
     out: dict[str, dict[str, int]] = {}
-    for key, status in zip(table["key"], table["status"], strict=True):
-        counts = out.setdefault(origin[int(key)], {})
-        counts[status_group(status)] = counts.get(status_group(status), 0) + 1
+    for (source, group), n in Counter(
+        (origin[int(key)], status_group(status))
+        for key, status in zip(table["key"], table["status"], strict=True)
+    ).items():
+        out.setdefault(source, {})[group] = n
     return dict(sorted(out.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])))
 
 

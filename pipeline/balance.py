@@ -27,7 +27,7 @@ from manifests.io import join
 from manifests.query_list import load_queries
 from manifests.schema import Pair
 from pipeline.config_flags import config_from_flags, option
-from pipeline.matching import QueryMatcher, TokenMatcher, never_matching, spacing
+from pipeline.matching import QueryMatcher, TokenMatcher, never_matching, spaced_query
 from pipeline.stage import Options, Stage, whole
 from pipeline.stats import CountEvents
 
@@ -257,7 +257,7 @@ def warn_never_matching(queries: Sequence[str], name: str) -> int:
             "%s: %d of %d queries can never match, since matching spaces the punctuation of "
             "captions apart (MetaCLIP's rule), e.g. %s; write them spaced as a caption is "
             "(%r) or without the punctuation", name, len(never), len(queries), examples,
-            " ".join(spacing(queries[never[0]]).split()),
+            spaced_query(queries[never[0]]),
         )  # fmt: skip
     return len(never)
 

@@ -72,6 +72,11 @@ def spaced_tokens(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data, starts, ends
 
 
+def spaced_query(query: str) -> str:
+    """How `query` reads in a spaced caption: its punctuation marks spaced apart."""
+    return " ".join(spacing(query).split())
+
+
 def never_matching(queries: Sequence[str]) -> list[int]:
     """The ids of the (normalised) queries that no caption can match under the rule: spacing
     puts a space on both sides of every punctuation mark of the caption, and two between
@@ -82,7 +87,7 @@ def never_matching(queries: Sequence[str]) -> list[int]:
     def can_match(query: str) -> bool:
         tokens = query.split(" ")
         adjacent_marks = any(a in PUNCTUATION and b in PUNCTUATION for a, b in pairwise(tokens))
-        return " ".join(spacing(query).split()) == query and not adjacent_marks
+        return spaced_query(query) == query and not adjacent_marks
 
     return [i for i, query in enumerate(queries) if not can_match(query)]
 
